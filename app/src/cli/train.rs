@@ -1,0 +1,239 @@
+//! `sftok train {teacher|stage1|stage2|stage3}`: a progress bar over the library trainer;
+//! Ctrl-C stops cleanly after writing a checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sftok_core::train::config::PerceptualWeights;
+use sftok_core::train::masking::Stage2Inputs;
+use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train};
+use sftok_core::{DeviceChoice, SftokConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// teacher, stage1, stage2 or stage3.
+    pub stage: StageKind,
+    /// Folder of training images (searched recursively; jpg, png, webp, bmp).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The run directory to create (or to continue with --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model size: tiny, demo, sftok-b, sftok-l.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// The teacher: a teacher run or an imported official teacher (needed by stages 1 and 2).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// The run (or model directory) this stage starts from; it also carries its teacher.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Stage 2: the vanilla ablation (unmasked positions hold the true codes).
+    #[arg(long)]
+    pub vanilla: bool,
+    /// Stage 2 (SFVR): probability that an unmasked position holds the model's own prediction.
+    #[arg(long, default_value_t = 1.0)]
+    pub replace_prob: f32,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per update.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (default: the paper's for the stage).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warm-up steps (default: 5% of the steps, at most 10k).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training crops: shorter side resized to size x U[1, max_scale] before the random crop.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_scale: f32,
+    /// Step from which the adversarial loss is on (teacher, stage 3); default: half-way.
+    #[arg(long)]
+    pub gan_start: Option<u64>,
+    /// Turn the adversarial loss off.
+    #[arg(long)]
+    pub no_gan: bool,
+    /// torchvision VGG16 weights (vgg16-397923af.pth) for the perceptual loss.
+    #[arg(long, requires = "lpips")]
+    pub vgg16: Option<PathBuf>,
+    /// LPIPS linear-layer weights (vgg.pth) for the perceptual loss.
+    #[arg(long, requires = "vgg16")]
+    pub lpips: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    #[arg(long, default_value_t = 200)]
+    pub preview_every: u64,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Data-loading threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// auto, cpu or wgpu.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
+    let model = match (&args.init, &args.teacher, args.stage) {
+        // A stage that starts from a run takes that run's model configuration.
+        (Some(init), _, StageKind::Stage2 | StageKind::Stage3) => {
+            let dir = if init.join("model").is_dir() {
+                init.join("model")
+            } else {
+                init.clone()
+            };
+            SftokConfig::from_file(&dir.join("config.json")).with_context(|| {
+                format!("reading the configuration of --init {}", init.display())
+            })?
+        }
+        (_, Some(teacher), StageKind::Stage1) => {
+            let dir = if teacher.join("model").is_dir() {
+                teacher.join("model")
+            } else {
+                teacher.clone()
+            };
+            let mut c = SftokConfig::preset(&args.preset)?;
+            // The teacher fixes the proxy-code vocabulary and grid.
+            let t = SftokConfig::from_file(&dir.join("config.json")).with_context(|| {
+                format!(
+                    "reading the configuration of --teacher {}",
+                    teacher.display()
+                )
+            })?;
+            c.vqgan = t.vqgan;
+            c
+        }
+        _ => SftokConfig::preset(&args.preset)?,
+    };
+    let mut config = TrainConfig::for_stage(args.stage, model, args.data.clone(), args.steps);
+    config.teacher = args.teacher.clone();
+    config.init = args.init.clone();
+    if args.stage == StageKind::Stage2 && config.teacher.is_none() {
+        // The --init run carries its teacher.
+        config.teacher = args.init.clone();
+    }
+    config.stage2_inputs = if args.vanilla {
+        Stage2Inputs::Vanilla
+    } else {
+        Stage2Inputs::SelfForcing {
+            replace_prob: args.replace_prob,
+        }
+    };
+    config.batch_size = args.batch_size;
+    config.grad_accum = args.grad_accum;
+    if let Some(lr) = args.lr {
+        config.end_lr = lr / 10.0;
+        config.lr = lr;
+    }
+    if let Some(w) = args.warmup {
+        config.warmup_steps = w;
+    }
+    config.seed = args.seed;
+    config.max_scale = args.max_scale;
+    if args.no_gan {
+        config.gan.start_step = u64::MAX;
+    } else if let Some(s) = args.gan_start {
+        config.gan.start_step = s;
+    }
+    if let (Some(vgg16), Some(lpips)) = (&args.vgg16, &args.lpips) {
+        config.perceptual = Some(PerceptualWeights {
+            vgg16: vgg16.clone(),
+            lpips: lpips.clone(),
+        });
+        config.perceptual_status = "on".into();
+    }
+    config.log_every = args.log_every;
+    config.preview_every = args.preview_every;
+    config.checkpoint_every = args.checkpoint_every;
+    config.keep_checkpoints = args.keep_checkpoints;
+    config.workers = args.workers;
+    Ok(config)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = config_from_args(&args)?;
+    let chosen = super::device(args.device)?;
+    let stop = StopHandle::new();
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("\nstopping after this step (a checkpoint will be written)...");
+            stop.stop();
+        });
+    }
+    let bar = ProgressBar::new(config.steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} loss {msg} ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}", args.stage));
+    let mut emit = |event: TrainEvent| match event {
+        TrainEvent::Started {
+            resumed_from,
+            device,
+            ..
+        } => {
+            bar.println(format!(
+                "training on {device}{}",
+                resumed_from.map_or(String::new(), |s| format!(", resumed from step {s}"))
+            ));
+            if let Some(s) = resumed_from {
+                bar.set_position(s);
+            }
+        }
+        TrainEvent::Progress {
+            step,
+            loss,
+            images_per_sec,
+            ..
+        } => {
+            bar.set_position(step);
+            bar.set_message(format!("{loss:.4}, {images_per_sec:.1} img/s"));
+        }
+        TrainEvent::SkippedFiles(files) => {
+            if let Some((path, reason)) = files.last() {
+                bar.println(format!(
+                    "skipped unreadable file {} ({reason}); {} so far",
+                    path.display(),
+                    files.len()
+                ));
+            }
+        }
+        TrainEvent::Checkpoint { step, path } => {
+            bar.println(format!("checkpoint at step {step}: {}", path.display()))
+        }
+        TrainEvent::Stopped { step, model_dir } => bar.abandon_with_message(format!(
+            "stopped at step {step}; model in {}",
+            model_dir.display()
+        )),
+        TrainEvent::Finished { step, model_dir } => bar.finish_with_message(format!(
+            "finished at step {step}; model in {}",
+            model_dir.display()
+        )),
+        TrainEvent::Failed { message } => bar.abandon_with_message(format!("failed: {message}")),
+        _ => {}
+    };
+    train(
+        config,
+        &args.out,
+        args.resume,
+        &chosen.device,
+        &mut emit,
+        &stop,
+    )?;
+    Ok(())
+}

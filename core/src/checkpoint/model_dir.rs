@@ -1,0 +1,189 @@
+//! Model directories: `config.json` + `model.safetensors` (+ `teacher.safetensors`), loadable
+//! with one call, and the conversion of official checkpoints into one.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use super::files::{read_weights, write_atomic, write_safetensors};
+use super::state::{StateDict, StoredTensor, load_state_dict, state_dict};
+use crate::config::SftokConfig;
+use crate::error::{Result, SftokError};
+use crate::model::{Sftok, Vqgan};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const TEACHER_FILE: &str = "teacher.safetensors";
+
+/// A model loaded from a directory.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub config: SftokConfig,
+    pub model: Sftok,
+    /// The teacher (MaskGIT-VQGAN), when the directory has one.
+    pub teacher: Option<Vqgan>,
+}
+
+/// Loads `dir/config.json`, `dir/model.safetensors` and, if present, `dir/teacher.safetensors`.
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    if !dir.is_dir() {
+        return Err(SftokError::Other(format!(
+            "model directory {} does not exist; a model directory holds {CONFIG_FILE} and {MODEL_FILE} (make one with `sftok import` or `sftok train`)",
+            dir.display()
+        )));
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.is_file() {
+        return Err(SftokError::Other(format!(
+            "{} has no {CONFIG_FILE}; a model directory holds {CONFIG_FILE} and {MODEL_FILE}",
+            dir.display()
+        )));
+    }
+    let config = SftokConfig::from_file(&config_path)?;
+    let model_path = dir.join(MODEL_FILE);
+    if !model_path.is_file() {
+        return Err(SftokError::Other(format!(
+            "{} has no {MODEL_FILE}",
+            dir.display()
+        )));
+    }
+    let teacher_path = dir.join(TEACHER_FILE);
+    let teacher = if teacher_path.is_file() {
+        Some(build_teacher(
+            &config,
+            read_weights(&teacher_path)?,
+            device,
+            &teacher_path,
+        )?)
+    } else {
+        None
+    };
+    let model = build_sftok(&config, read_weights(&model_path)?, device, &model_path)?;
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        config,
+        model,
+        teacher,
+    })
+}
+
+/// Builds an SFTok from official-named tensors: accepts the older key
+/// `decoder.embedding_positional_embedding` and a DDP `module.` prefix, and fills a missing
+/// `quantize.index_offset` (a constant 0 for one group).
+pub fn build_sftok(
+    config: &SftokConfig,
+    tensors: StateDict,
+    device: &Device,
+    source: &Path,
+) -> Result<Sftok> {
+    config.validate()?;
+    let tensors = normalize_official_keys(tensors);
+    load_state_dict(Sftok::new(config, device), tensors, device, source)
+}
+
+/// Builds the teacher from `encoder.*`, `decoder.*`, `quantize.embedding.weight`.
+pub fn build_teacher(
+    config: &SftokConfig,
+    tensors: StateDict,
+    device: &Device,
+    source: &Path,
+) -> Result<Vqgan> {
+    let tensors = strip_prefix(tensors, "module.");
+    load_state_dict(Vqgan::new(&config.vqgan, device), tensors, device, source)
+}
+
+fn strip_prefix(tensors: StateDict, prefix: &str) -> StateDict {
+    if tensors.keys().all(|k| k.starts_with(prefix)) {
+        tensors
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect()
+    } else {
+        tensors
+    }
+}
+
+fn normalize_official_keys(tensors: StateDict) -> StateDict {
+    let mut tensors = strip_prefix(tensors, "module.");
+    if let Some(t) = tensors.remove("decoder.embedding_positional_embedding") {
+        tensors
+            .entry("decoder.learnable_embedding_positional_embedding".into())
+            .or_insert(t);
+    }
+    tensors
+        .entry("quantize.index_offset".into())
+        .or_insert_with(|| StoredTensor {
+            shape: vec![1],
+            values: super::state::Values::I64(vec![0]),
+        });
+    tensors
+}
+
+/// Copies the teacher's codebook and decoder into the `pixel_quantize.*` / `pixel_decoder.*`
+/// keys where they are missing: official stage-1/2 checkpoints have no pixel parts, and training
+/// starts them as copies of the teacher's.
+pub fn fill_pixel_parts_from_teacher(tensors: &mut StateDict, teacher: &StateDict) {
+    let has_pixel = tensors
+        .keys()
+        .any(|k| k.starts_with("pixel_decoder.") || k.starts_with("pixel_quantize."));
+    if has_pixel {
+        return;
+    }
+    for (k, v) in teacher {
+        if let Some(rest) = k.strip_prefix("decoder.") {
+            tensors.insert(format!("pixel_decoder.{rest}"), v.clone());
+        } else if let Some(rest) = k.strip_prefix("quantize.") {
+            tensors.insert(format!("pixel_quantize.{rest}"), v.clone());
+        }
+    }
+}
+
+/// Writes a model directory. Each file is written atomically; the config goes first so that a
+/// directory with weights always has the config that builds them.
+pub fn save_model_dir(
+    dir: &Path,
+    config: &SftokConfig,
+    model: &Sftok,
+    teacher: Option<&Vqgan>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SftokError::io(dir, e))?;
+    write_atomic(&dir.join(CONFIG_FILE), config.to_json().as_bytes())?;
+    if let Some(teacher) = teacher {
+        write_safetensors(&dir.join(TEACHER_FILE), &state_dict(teacher))?;
+    }
+    write_safetensors(&dir.join(MODEL_FILE), &state_dict(model))
+}
+
+/// `sftok import`: official weights (`pytorch_model.bin` or `.safetensors`), an optional official
+/// `config.json` (else `fallback_config`), and an optional teacher file, into a model directory.
+pub fn import_official(
+    weights: &Path,
+    config_file: Option<&Path>,
+    fallback_config: &SftokConfig,
+    teacher_file: Option<&Path>,
+    out: &Path,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let config = match config_file {
+        Some(path) => SftokConfig::from_file(path)?,
+        None => fallback_config.clone(),
+    };
+    let mut tensors = read_weights(weights)?;
+    let teacher = match teacher_file {
+        Some(path) => {
+            let teacher_tensors = strip_prefix(read_weights(path)?, "module.");
+            fill_pixel_parts_from_teacher(&mut tensors, &teacher_tensors);
+            Some(build_teacher(&config, teacher_tensors, device, path)?)
+        }
+        None => None,
+    };
+    let model = build_sftok(&config, tensors, device, weights)?;
+    save_model_dir(out, &config, &model, teacher.as_ref())?;
+    Ok(LoadedModel {
+        dir: out.to_path_buf(),
+        config,
+        model,
+        teacher,
+    })
+}

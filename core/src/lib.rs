@@ -1,0 +1,20 @@
+//! SFTok (arXiv 2512.16910) on burn: a discrete image tokenizer whose multi-step decoder is
+//! trained with self-forcing. This crate holds the model, reconstruction with a step-by-step
+//! trace, checkpoints and the import of the official PyTorch weights.
+//!
+//! Reference code: github.com/Neur-IO/SFTok (commit 0e98df00) and github.com/bytedance/1d-tokenizer.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod image_io;
+pub mod model;
+pub mod reconstruct;
+pub mod schedule;
+pub mod train;
+
+pub use config::{AssignmentMode, SftokConfig};
+pub use device::{ChosenDevice, DeviceChoice, choose_device};
+pub use error::{Result, SftokError};

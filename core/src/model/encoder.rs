@@ -1,0 +1,101 @@
+//! The TiTok-style ViT encoder (`TiTokEncoder` in the official `blocks.py`): patches and L learned
+//! latent tokens go through one transformer; the latents come out as `[B, D, 1, L]`.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+
+use super::vit::{ResidualAttentionBlock, blocks, layer_norm, official_linear_init, scaled_randn};
+use crate::config::SftokConfig;
+
+#[derive(Module, Debug)]
+pub struct TitokEncoder {
+    pub patch_embed: Conv2d,
+    /// `[1, W]`
+    pub class_embedding: Param<Tensor<2>>,
+    /// `[g^2 + 1, W]`
+    pub positional_embedding: Param<Tensor<2>>,
+    /// `[L, W]`
+    pub latent_token_positional_embedding: Param<Tensor<2>>,
+    pub ln_pre: LayerNorm,
+    pub transformer: Vec<ResidualAttentionBlock>,
+    pub ln_post: LayerNorm,
+    /// 1x1 conv W -> D applied to the raw-reshaped latents.
+    pub conv_out: Conv2d,
+    pub width: usize,
+    pub num_latent_tokens: usize,
+}
+
+impl TitokEncoder {
+    pub fn new(cfg: &SftokConfig, device: &Device) -> Self {
+        let e = &cfg.encoder;
+        let g = cfg.encoder_grid();
+        let scale = (e.width as f64).powf(-0.5);
+        TitokEncoder {
+            patch_embed: Conv2dConfig::new([3, e.width], [e.patch_size, e.patch_size])
+                .with_stride([e.patch_size, e.patch_size])
+                .with_padding(PaddingConfig2d::Valid)
+                .with_initializer(official_linear_init())
+                .init(device),
+            class_embedding: scaled_randn([1, e.width], scale, device),
+            positional_embedding: scaled_randn([g * g + 1, e.width], scale, device),
+            latent_token_positional_embedding: scaled_randn(
+                [cfg.num_latent_tokens, e.width],
+                scale,
+                device,
+            ),
+            ln_pre: layer_norm(e.width, cfg.layernorm_eps, device),
+            transformer: blocks(e, cfg.layernorm_eps, device),
+            ln_post: layer_norm(e.width, cfg.layernorm_eps, device),
+            conv_out: Conv2dConfig::new([e.width, cfg.quantizer.token_size], [1, 1])
+                .with_initializer(official_linear_init())
+                .init(device),
+            width: e.width,
+            num_latent_tokens: cfg.num_latent_tokens,
+        }
+    }
+
+    /// The `ln_post` output for the latent tokens, before the legacy reshape.
+    ///
+    /// # Shapes
+    /// - pixels: `[B, 3, H, W]` in [0, 1]; latent_tokens: `[L, W]` -> `[B, L, W]`
+    pub fn forward_tokens(&self, pixels: Tensor<4>, latent_tokens: Tensor<2>) -> Tensor<3> {
+        let b = pixels.dims()[0];
+        let x = self.patch_embed.forward(pixels); // [B, W, g, g]
+        let [_, w, gh, gw] = x.dims();
+        let x = x.reshape([b, w, gh * gw]).swap_dims(1, 2); // [B, g^2, W]
+        let cls = self
+            .class_embedding
+            .val()
+            .unsqueeze::<3>()
+            .expand([b, 1, w]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.positional_embedding.val().unsqueeze();
+        let l = self.num_latent_tokens;
+        let latents = (latent_tokens + self.latent_token_positional_embedding.val())
+            .unsqueeze::<3>()
+            .expand([b, l, w]);
+        let mut x = self.ln_pre.forward(Tensor::cat(vec![x, latents], 1));
+        for block in &self.transformer {
+            x = block.forward(x);
+        }
+        let seq = x.dims()[1];
+        self.ln_post.forward(x.narrow(1, seq - l, l))
+    }
+
+    /// # Shapes
+    /// - pixels: `[B, 3, H, W]`; latent_tokens: `[L, W]` -> `[B, D, 1, L]`
+    pub fn forward(&self, pixels: Tensor<4>, latent_tokens: Tensor<2>) -> Tensor<4> {
+        let tokens = self.forward_tokens(pixels, latent_tokens);
+        self.tokens_to_latents(tokens)
+    }
+
+    /// The official legacy path: a raw reshape `[B, L, W] -> [B, W, L, 1]` (not a transpose, so
+    /// channel c of latent l is element `c * L + l` of the flattened tokens), then the 1x1 conv.
+    pub fn tokens_to_latents(&self, tokens: Tensor<3>) -> Tensor<4> {
+        let [b, l, w] = tokens.dims();
+        let z = self.conv_out.forward(tokens.reshape([b, w, l, 1])); // [B, D, L, 1]
+        let d = z.dims()[1];
+        z.reshape([b, d, 1, l])
+    }
+}

@@ -1,0 +1,188 @@
+//! The configuration of a training run, written to `<run>/config.json` before anything else.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::masking::Stage2Inputs;
+use super::optim::AdamWConfig;
+use crate::config::SftokConfig;
+
+/// Which model a run trains, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// The MaskGIT-VQGAN teacher.
+    Teacher,
+    /// Warm-up: every position masked, CE against the teacher's codes.
+    Stage1,
+    /// SFVR (or vanilla): random arccos masking, unmasked positions from the model's own first
+    /// prediction (or the truth).
+    Stage2,
+    /// Decoder fine-tuning in pixel space; encoder, quantizer and latent tokens frozen.
+    Stage3,
+}
+
+impl std::str::FromStr for StageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "teacher" => Ok(Self::Teacher),
+            "stage1" => Ok(Self::Stage1),
+            "stage2" => Ok(Self::Stage2),
+            "stage3" => Ok(Self::Stage3),
+            _ => Err(format!(
+                "unknown stage `{s}`: use teacher, stage1, stage2 or stage3"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Teacher => "teacher",
+            Self::Stage1 => "stage1",
+            Self::Stage2 => "stage2",
+            Self::Stage3 => "stage3",
+        })
+    }
+}
+
+/// User-supplied weights for the LPIPS perceptual loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerceptualWeights {
+    /// torchvision's `vgg16-397923af.pth` (or a safetensors conversion).
+    pub vgg16: PathBuf,
+    /// The LPIPS linear layers, `vgg.pth`.
+    pub lpips: PathBuf,
+}
+
+/// The adversarial terms (teacher and stage 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GanConfig {
+    /// Step from which the discriminator trains and its loss counts; `u64::MAX` turns it off.
+    pub start_step: u64,
+    /// Weight of the generator's adversarial loss.
+    pub weight: f64,
+    /// Weight of the LeCam regulariser of the discriminator.
+    pub lecam_weight: f64,
+    /// Discriminator learning rate.
+    pub lr: f64,
+}
+
+/// Everything that defines a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub stage: StageKind,
+    pub model: SftokConfig,
+    /// Folder of training images.
+    pub data: PathBuf,
+    /// The teacher: a model directory with `teacher.safetensors` or a teacher run.
+    pub teacher: Option<PathBuf>,
+    /// The run or model directory this stage starts from.
+    pub init: Option<PathBuf>,
+    /// Stage 2: SFVR with a replacement probability, or vanilla.
+    pub stage2_inputs: Stage2Inputs,
+    pub steps: u64,
+    pub batch_size: usize,
+    /// Micro-batches summed into one update.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub end_lr: f64,
+    pub warmup_steps: u64,
+    pub optimizer: AdamWConfig,
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+    /// Training crops: the shorter side is resized to `image_size * U[1, max_scale]`.
+    pub max_scale: f32,
+    pub workers: usize,
+    pub log_every: u64,
+    pub preview_every: u64,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// Stage 3 and teacher: weight of the pixel reconstruction (MSE) loss.
+    pub reconstruction_weight: f64,
+    /// The perceptual loss: off without user-supplied weights (`perceptual_status` says why).
+    pub perceptual: Option<PerceptualWeights>,
+    pub perceptual_weight: f64,
+    /// Whether the perceptual term is on, in words (written so a run's config tells the truth).
+    pub perceptual_status: String,
+    pub gan: GanConfig,
+    /// Teacher: codes unused for this many steps are restarted from encoder outputs.
+    pub dead_code_window: u64,
+}
+
+impl TrainConfig {
+    /// The paper's settings for a stage, with the lengths scaled to `steps`.
+    pub fn for_stage(stage: StageKind, model: SftokConfig, data: PathBuf, steps: u64) -> Self {
+        let warmup = (steps / 20).clamp(1, 10_000);
+        let (optimizer, lr, end_lr) = match stage {
+            StageKind::Stage3 => (
+                AdamWConfig {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    ..AdamWConfig::default()
+                },
+                1e-4,
+                1e-5,
+            ),
+            StageKind::Teacher => (
+                AdamWConfig {
+                    beta1: 0.5,
+                    beta2: 0.9,
+                    weight_decay: 0.0,
+                    ..AdamWConfig::default()
+                },
+                2e-4,
+                2e-5,
+            ),
+            _ => (AdamWConfig::default(), 1e-4, 1e-5),
+        };
+        let gan = match stage {
+            StageKind::Teacher | StageKind::Stage3 => GanConfig {
+                start_step: steps / 2,
+                weight: if stage == StageKind::Stage3 { 0.5 } else { 0.1 },
+                lecam_weight: 0.001,
+                lr: lr,
+            },
+            _ => GanConfig {
+                start_step: u64::MAX,
+                weight: 0.0,
+                lecam_weight: 0.0,
+                lr: 0.0,
+            },
+        };
+        TrainConfig {
+            stage,
+            model,
+            data,
+            teacher: None,
+            init: None,
+            stage2_inputs: Stage2Inputs::SelfForcing { replace_prob: 1.0 },
+            steps,
+            batch_size: 8,
+            grad_accum: 1,
+            lr,
+            end_lr,
+            warmup_steps: warmup,
+            optimizer,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            seed: 0,
+            max_scale: 1.0,
+            workers: 2,
+            log_every: 10,
+            preview_every: 200,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            reconstruction_weight: 1.0,
+            perceptual: None,
+            perceptual_weight: 1.0,
+            perceptual_status: "off: no VGG16/LPIPS weights given (--vgg16, --lpips)".into(),
+            gan,
+            dead_code_window: 200,
+        }
+    }
+}

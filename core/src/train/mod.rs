@@ -1,0 +1,17 @@
+//! Training: every stage of the paper's recipe and the teacher, as a library with an event stream
+//! and a stop handle (the CLI and the app drive the same trainer).
+
+pub mod config;
+pub mod ema;
+pub mod events;
+pub mod masking;
+pub mod optim;
+pub mod pixel_step;
+pub mod run_dir;
+pub mod teacher_step;
+pub mod token_step;
+pub mod trainer;
+
+pub use config::{StageKind, TrainConfig};
+pub use events::{StopHandle, TrainEvent};
+pub use trainer::{TrainOutcome, train};

@@ -1,0 +1,835 @@
+//! The training loop shared by every stage: data, forward, losses, clipping, AdamW, EMA, metrics,
+//! previews, atomic checkpoints, exact resume, clean stop and NaN detection.
+//!
+//! Exact resume: the weights, optimiser moments, EMA shadow, discriminator, data position and
+//! step are checkpointed, and every random draw of step `s` comes from an RNG seeded by
+//! `(seed, s)`, so a resumed run computes the same next step as an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::json;
+
+use super::config::{StageKind, TrainConfig};
+use super::ema::Ema;
+use super::events::{StopHandle, TrainEvent};
+use super::masking::MaskDraw;
+use super::optim::{AdamW, LrSchedule, clip_coefficient, grad_norm};
+use super::pixel_step::stage3_forward;
+use super::run_dir::{ResumeState, RunDir};
+use super::teacher_step::{CodeUsage, perplexity, restart_dead_codes, teacher_forward};
+use super::token_step::{TokenStage, proxy_accuracy, token_step};
+use crate::checkpoint::files::read_weights;
+use crate::checkpoint::model_dir::fill_pixel_parts_from_teacher;
+use crate::checkpoint::state::{StateDict, state_dict};
+use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE, build_sftok, build_teacher};
+use crate::config::SftokConfig;
+use crate::data::{Batch, DataLoader, DataPosition, ImageFolder, LoaderConfig, Mode};
+use crate::error::{Result, SftokError};
+use crate::image_io::{hstack, save_png, tensor_to_images};
+use crate::model::discriminator::{LeCam, PatchDiscriminator, generator_loss, hinge_d_loss};
+use crate::model::lpips::Lpips;
+use crate::model::{Sftok, Vqgan};
+use crate::reconstruct::rows_i64;
+
+/// What a finished (or stopped) run leaves.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub step: u64,
+    pub model_dir: PathBuf,
+    pub stopped: bool,
+}
+
+/// The model being trained.
+enum Trainee {
+    Teacher(Vqgan),
+    Tokenizer(Sftok),
+}
+
+/// Mutable state of a run besides the model.
+struct Progress {
+    optim: AdamW,
+    ema: Ema,
+    state: ResumeState,
+    disc: Option<(PatchDiscriminator, AdamW)>,
+    lecam: LeCam,
+    usage: CodeUsage,
+}
+
+/// Reads the teacher from a model directory (with `teacher.safetensors`) or a run directory
+/// (its `model/` folder), with the configuration found there.
+pub fn load_teacher(path: &Path, device: &Device) -> Result<(SftokConfig, Vqgan)> {
+    let dir = if path.join("model").join(TEACHER_FILE).is_file() {
+        path.join("model")
+    } else {
+        path.to_path_buf()
+    };
+    let weights = dir.join(TEACHER_FILE);
+    if !weights.is_file() {
+        return Err(SftokError::Other(format!(
+            "{} has no {TEACHER_FILE}: --teacher takes a teacher run (`sftok train teacher`), or a model directory made by `sftok import --teacher`",
+            path.display()
+        )));
+    }
+    let config = SftokConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let teacher = build_teacher(&config, read_weights(&weights)?, device, &weights)?;
+    Ok((config, teacher))
+}
+
+/// The model directory a run publishes, or `path` itself if it is a model directory.
+fn model_dir_of(path: &Path) -> PathBuf {
+    if path.join("model").join(MODEL_FILE).is_file() {
+        path.join("model")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Runs (or resumes) a training run in `run_dir`. Events go to `emit`; `stop` ends it cleanly.
+pub fn train(
+    config: TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    emit: &mut dyn FnMut(TrainEvent),
+    stop: &StopHandle,
+) -> Result<TrainOutcome> {
+    let result = train_inner(config, run_dir, resume, device, emit, stop);
+    if let Err(e) = &result {
+        emit(TrainEvent::Failed {
+            message: e.to_string(),
+        });
+    }
+    result
+}
+
+fn train_inner(
+    mut config: TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    emit: &mut dyn FnMut(TrainEvent),
+    stop: &StopHandle,
+) -> Result<TrainOutcome> {
+    let run = RunDir::new(run_dir);
+    let latest = run.latest_checkpoint();
+    if resume {
+        let saved = std::fs::read_to_string(run.config_path())
+            .map_err(|e| SftokError::io(run.config_path(), e))?;
+        let saved: TrainConfig = serde_json::from_str(&saved).map_err(|e| SftokError::Config {
+            path: run.config_path(),
+            message: e.to_string(),
+        })?;
+        // A resumed run keeps its configuration; only its length may grow.
+        let steps = config.steps.max(saved.steps);
+        config = TrainConfig { steps, ..saved };
+    } else if latest.is_some() {
+        return Err(SftokError::Other(format!(
+            "{} already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
+            run_dir.display()
+        )));
+    }
+    config.model.validate()?;
+    run.create()?;
+    crate::checkpoint::files::write_atomic(
+        &run.config_path(),
+        serde_json::to_string_pretty(&config)
+            .expect("config serialises")
+            .as_bytes(),
+    )?;
+
+    let ad = device.clone().autodiff();
+    let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+
+    // The frozen teacher (stages 1 and 2 need its codes).
+    let teacher: Option<Vqgan> = match (&config.teacher, config.stage) {
+        (Some(path), _) => Some(load_teacher(path, device)?.1),
+        (None, StageKind::Stage1 | StageKind::Stage2) => {
+            return Err(SftokError::Other(
+                "stages 1 and 2 need the teacher's codes: pass --teacher (a teacher run or an imported official teacher)".into(),
+            ));
+        }
+        _ => None,
+    };
+    let lpips = match &config.perceptual {
+        Some(p) => Some(Lpips::from_files(&p.vgg16, &p.lpips, &ad)?.no_grad()),
+        None => None,
+    };
+
+    let mut trainee = initial_model(&config, teacher.as_ref(), &ad)?;
+    let mut progress = Progress {
+        optim: AdamW::new(config.optimizer.clone()),
+        ema: match &trainee {
+            Trainee::Teacher(m) => Ema::new(m, config.ema_decay),
+            Trainee::Tokenizer(m) => Ema::new(m, config.ema_decay),
+        },
+        state: ResumeState {
+            step: 0,
+            data_epoch: 0,
+            data_batch: 0,
+            ema_updates: 0,
+            images_seen: 0,
+        },
+        disc: (config.gan.start_step != u64::MAX).then(|| {
+            (
+                PatchDiscriminator::new(64, 3, &ad),
+                AdamW::new(super::optim::AdamWConfig {
+                    beta1: 0.5,
+                    beta2: 0.9,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                }),
+            )
+        }),
+        lecam: LeCam::new(0.999),
+        usage: CodeUsage::new(config.model.vqgan.num_embeddings),
+    };
+    let mut resumed_from = None;
+    if resume && let Some((step, path)) = &latest {
+        restore(&config, path, &mut trainee, &mut progress, &ad)?;
+        run.truncate_metrics_after(*step)?;
+        resumed_from = Some(*step);
+    }
+
+    let loader_config = LoaderConfig {
+        workers: config.workers.max(1),
+        seed: config.seed,
+        mode: Mode::Train {
+            max_scale: config.max_scale.max(1.0),
+            flip: true,
+        },
+        ..LoaderConfig::train(config.model.image_size as u32, config.batch_size)
+    };
+    let mut loader = DataLoader::start(
+        folder,
+        loader_config,
+        DataPosition {
+            epoch: progress.state.data_epoch,
+            batch: progress.state.data_batch,
+        },
+    )
+    .map_err(|e| SftokError::Other(e.to_string()))?;
+    emit(TrainEvent::Started {
+        total_steps: config.steps,
+        resumed_from,
+        device: format!("{device:?}"),
+        skipped_files: 0,
+    });
+
+    let schedule = LrSchedule {
+        peak: config.lr,
+        end: config.end_lr,
+        warmup_steps: config.warmup_steps,
+        total_steps: config.steps,
+    };
+    let started = Instant::now();
+    let start_step = progress.state.step;
+    let mut last_skipped = 0;
+    let mut stopped = false;
+    while progress.state.step < config.steps {
+        if stop.is_stopped() {
+            stopped = true;
+            break;
+        }
+        let step = progress.state.step;
+        let mut rng = StdRng::seed_from_u64(config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut grads_total: Option<GradientsParams> = None;
+        let mut terms: Vec<(&'static str, f64)> = Vec::new();
+        let mut preview: Option<(Tensor<4>, Tensor<4>)> = None;
+        let mut extra = serde_json::Map::new();
+        let mut fakes_for_disc: Vec<(Tensor<4>, Tensor<4>)> = Vec::new();
+        let gan_on = config.gan.start_step != u64::MAX && step >= config.gan.start_step;
+
+        for _ in 0..config.grad_accum.max(1) {
+            let batch = next_batch(&mut loader)?;
+            progress.state.images_seen += batch.batch_size as u64;
+            let x = batch_tensor(&batch, &ad);
+            let (loss, parts, recon_for_preview) = match &trainee {
+                Trainee::Teacher(model) => {
+                    let out = teacher_forward(model, x.clone(), config.model.vqgan.commitment_cost);
+                    progress.usage.record(&out.codes, step);
+                    extra.insert(
+                        "perplexity".into(),
+                        json!(perplexity(&out.codes, config.model.vqgan.num_embeddings)),
+                    );
+                    let (loss, parts) = pixel_losses(
+                        &config,
+                        &x,
+                        &out.reconstruction,
+                        lpips.as_ref(),
+                        progress.disc.as_ref(),
+                        gan_on,
+                    );
+                    let loss = loss + out.codebook_loss.clone() + out.commitment_loss.clone();
+                    let mut parts = parts;
+                    parts.push(("codebook_loss", scalar(&out.codebook_loss)));
+                    parts.push(("commitment_loss", scalar(&out.commitment_loss)));
+                    if config.dead_code_window > 0 && (step + 1) % config.dead_code_window == 0 {
+                        extra.insert("restart_latents".into(), json!(out.latents.len()));
+                        fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
+                        // Restart happens after the update (below), with these latents.
+                        extra.insert("_latents".into(), json!(out.latents));
+                    } else {
+                        fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
+                    }
+                    (loss, parts, out.reconstruction)
+                }
+                Trainee::Tokenizer(model) => match config.stage {
+                    StageKind::Stage3 => {
+                        let n = config.model.num_proxy_codes();
+                        let draw = MaskDraw::sample(&mut rng, batch.batch_size, n);
+                        let recon = stage3_forward(model, x.clone(), &draw);
+                        let (loss, parts) = pixel_losses(
+                            &config,
+                            &x,
+                            &recon,
+                            lpips.as_ref(),
+                            progress.disc.as_ref(),
+                            gan_on,
+                        );
+                        fakes_for_disc.push((x.clone(), recon.clone()));
+                        (loss, parts, recon)
+                    }
+                    _ => {
+                        let teacher = teacher.as_ref().expect("checked above");
+                        let proxy = rows_i64(teacher.encode(x.clone().inner()));
+                        let n = config.model.num_proxy_codes();
+                        let draw = MaskDraw::sample(&mut rng, batch.batch_size, n);
+                        let stage = if config.stage == StageKind::Stage1 {
+                            TokenStage::WarmUp
+                        } else {
+                            TokenStage::Stage2(config.stage2_inputs)
+                        };
+                        let out = token_step(model, x.clone(), &proxy, stage, &draw);
+                        extra.insert(
+                            "proxy_accuracy".into(),
+                            json!(proxy_accuracy(&out.logits, &proxy)),
+                        );
+                        let used: std::collections::BTreeSet<i64> =
+                            out.latent_ids.iter().flatten().copied().collect();
+                        extra.insert(
+                            "codebook_utilisation".into(),
+                            json!(used.len() as f64 / config.model.quantizer.codebook_size as f64),
+                        );
+                        let flat: Vec<i64> = out.latent_ids.iter().flatten().copied().collect();
+                        extra.insert(
+                            "perplexity".into(),
+                            json!(perplexity(&flat, config.model.quantizer.codebook_size)),
+                        );
+                        let parts = vec![
+                            ("recon_loss", scalar(&out.recon_loss)),
+                            ("quantizer_loss", scalar(&out.quantizer_loss)),
+                            ("commitment_loss", scalar(&out.commitment_loss)),
+                            ("codebook_loss", scalar(&out.codebook_loss)),
+                        ];
+                        let needs_preview =
+                            config.preview_every > 0 && (step + 1) % config.preview_every == 0;
+                        let recon = if needs_preview {
+                            model.valid().pixels_from_logits(out.logits.clone().inner())
+                        } else {
+                            x.clone()
+                        };
+                        (out.total_loss, parts, recon)
+                    }
+                },
+            };
+            let loss_value = scalar(&loss);
+            if !loss_value.is_finite() {
+                let last_good = run
+                    .latest_checkpoint()
+                    .map_or("none yet".to_string(), |(s, _)| format!("step {s}"));
+                return Err(SftokError::Other(format!(
+                    "the loss became {loss_value} at step {}; training stopped without saving this step. The last good checkpoint ({last_good}) is intact; resume from it with a lower learning rate (--lr)",
+                    step + 1
+                )));
+            }
+            for (name, v) in parts {
+                accumulate(&mut terms, name, v);
+            }
+            accumulate(&mut terms, "loss", loss_value);
+            let grads = trainee_ref(&trainee).grads(loss.backward());
+            grads_total = Some(match grads_total.take() {
+                None => grads,
+                Some(mut total) => {
+                    merge_grads(&trainee, &mut total, grads);
+                    total
+                }
+            });
+            preview = Some((x.inner(), recon_for_preview.inner()));
+            progress.state.data_batch = batch.position.next().batch;
+            progress.state.data_epoch = batch.position.next().epoch;
+        }
+        let micro = config.grad_accum.max(1) as f64;
+        let mut grads = grads_total.expect("at least one micro-batch");
+        let norm = match &trainee {
+            Trainee::Teacher(m) => grad_norm(m, &grads),
+            Trainee::Tokenizer(m) => grad_norm(m, &grads),
+        } / micro;
+        let scale = clip_coefficient(norm, config.grad_clip) / micro;
+        let lr = schedule.lr(step);
+        trainee = match trainee {
+            Trainee::Teacher(m) => Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale)),
+            Trainee::Tokenizer(m) => {
+                Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
+            }
+        };
+        match &trainee {
+            Trainee::Teacher(m) => progress.ema.update(m),
+            Trainee::Tokenizer(m) => progress.ema.update(m),
+        }
+        progress.state.ema_updates = progress.ema.updates;
+
+        // The discriminator's own update.
+        if gan_on && let Some((disc, disc_optim)) = progress.disc.take() {
+            let mut d_total = 0.0;
+            let mut disc = disc;
+            let mut disc_optim = disc_optim;
+            for (real, fake) in fakes_for_disc.drain(..) {
+                let logits_real = disc.forward(real.detach());
+                let logits_fake = disc.forward(fake.detach());
+                let lecam = progress
+                    .lecam
+                    .loss(logits_real.clone(), logits_fake.clone());
+                let d_loss = hinge_d_loss(logits_real, logits_fake)
+                    + lecam.mul_scalar(config.gan.lecam_weight);
+                d_total += scalar(&d_loss);
+                let mut g = GradientsParams::from_grads(d_loss.backward(), &disc);
+                let n = grad_norm(&disc, &g);
+                disc = disc_optim.step(
+                    disc,
+                    &mut g,
+                    config.gan.lr,
+                    clip_coefficient(n, config.grad_clip),
+                );
+            }
+            accumulate(&mut terms, "disc_loss", d_total);
+            progress.disc = Some((disc, disc_optim));
+        }
+
+        // The teacher's guard against codebook collapse.
+        if let (Trainee::Teacher(m), Some(latents)) = (&trainee, extra.remove("_latents")) {
+            let dead = progress.usage.dead(step, config.dead_code_window);
+            let latents: Vec<f32> = serde_json::from_value(latents).unwrap_or_default();
+            extra.insert("restarted_codes".into(), json!(dead.len()));
+            let restarted = restart_dead_codes(
+                m.clone(),
+                &dead,
+                &latents,
+                config.model.vqgan.z_channels,
+                &mut rng,
+            );
+            trainee = Trainee::Teacher(restarted);
+        }
+        if matches!(trainee, Trainee::Teacher(_)) {
+            extra.insert(
+                "codebook_utilisation".into(),
+                json!(
+                    progress
+                        .usage
+                        .utilisation(step, config.dead_code_window.max(1))
+                ),
+            );
+        }
+
+        progress.state.step += 1;
+        let step = progress.state.step;
+        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        let images_per_sec =
+            ((step - start_step) as f64 * (config.batch_size as f64) * micro) / elapsed;
+        let loss = terms
+            .iter()
+            .find(|(n, _)| *n == "loss")
+            .map_or(0.0, |t| t.1 / micro);
+        let eta = (config.steps - step) as f64 * elapsed / (step - start_step) as f64;
+        emit(TrainEvent::Progress {
+            step,
+            total_steps: config.steps,
+            loss,
+            images_per_sec,
+            eta_secs: eta,
+        });
+        let skipped = loader.skipped();
+        if skipped.len() != last_skipped {
+            last_skipped = skipped.len();
+            emit(TrainEvent::SkippedFiles(
+                skipped
+                    .iter()
+                    .map(|s| (s.path.clone(), s.reason.clone()))
+                    .collect(),
+            ));
+        }
+        if step % config.log_every.max(1) == 0 || step == config.steps {
+            let mut row = serde_json::Map::new();
+            row.insert("step".into(), json!(step));
+            for (name, v) in &terms {
+                row.insert((*name).into(), json!(v / micro));
+            }
+            row.insert("lr".into(), json!(lr));
+            row.insert("grad_norm".into(), json!(norm));
+            row.insert("images_per_sec".into(), json!(images_per_sec));
+            row.insert("images_seen".into(), json!(progress.state.images_seen));
+            row.insert("skipped_files".into(), json!(last_skipped));
+            for (k, v) in extra {
+                row.insert(k, v);
+            }
+            let row = serde_json::Value::Object(row);
+            run.append_metrics(&row)?;
+            emit(TrainEvent::Metrics(row));
+        }
+        if config.preview_every > 0
+            && step % config.preview_every == 0
+            && let Some((orig, recon)) = preview.take()
+        {
+            let path = write_preview(&run, step, orig, recon)?;
+            emit(TrainEvent::Preview { step, path });
+        }
+        if step % config.checkpoint_every.max(1) == 0 && step < config.steps {
+            let path = checkpoint(&run, &config, &trainee, &progress, teacher.as_ref())?;
+            emit(TrainEvent::Checkpoint { step, path });
+        }
+    }
+
+    let step = progress.state.step;
+    let path = checkpoint(&run, &config, &trainee, &progress, teacher.as_ref())?;
+    emit(TrainEvent::Checkpoint { step, path });
+    let model_dir = run.model_dir();
+    if stopped {
+        emit(TrainEvent::Stopped {
+            step,
+            model_dir: model_dir.clone(),
+        });
+    } else {
+        emit(TrainEvent::Finished {
+            step,
+            model_dir: model_dir.clone(),
+        });
+    }
+    Ok(TrainOutcome {
+        step,
+        model_dir,
+        stopped,
+    })
+}
+
+fn trainee_ref(t: &Trainee) -> TraineeRef<'_> {
+    match t {
+        Trainee::Teacher(m) => TraineeRef::Teacher(m),
+        Trainee::Tokenizer(m) => TraineeRef::Tokenizer(m),
+    }
+}
+
+/// A borrowed trainee that is a `Module` for `GradientsParams::from_grads`.
+enum TraineeRef<'a> {
+    Teacher(&'a Vqgan),
+    Tokenizer(&'a Sftok),
+}
+
+impl TraineeRef<'_> {
+    fn grads(&self, grads: burn::tensor::Gradients) -> GradientsParams {
+        match self {
+            TraineeRef::Teacher(m) => GradientsParams::from_grads(grads, *m),
+            TraineeRef::Tokenizer(m) => GradientsParams::from_grads(grads, *m),
+        }
+    }
+}
+
+/// Adds `grads` into `total`, parameter by parameter.
+fn merge_grads(trainee: &Trainee, total: &mut GradientsParams, grads: GradientsParams) {
+    use burn::module::{ModuleVisitor, Param};
+    struct Add<'a> {
+        total: &'a mut GradientsParams,
+        grads: GradientsParams,
+    }
+    impl ModuleVisitor for Add<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let sum = match self.total.remove::<D>(param.id) {
+                    Some(t) => t + g,
+                    None => g,
+                };
+                self.total.register(param.id, sum);
+            }
+        }
+    }
+    let mut add = Add { total, grads };
+    match trainee {
+        Trainee::Teacher(m) => m.visit(&mut add),
+        Trainee::Tokenizer(m) => m.visit(&mut add),
+    }
+}
+
+fn initial_model(config: &TrainConfig, teacher: Option<&Vqgan>, ad: &Device) -> Result<Trainee> {
+    match config.stage {
+        StageKind::Teacher => match &config.init {
+            Some(path) => Ok(Trainee::Teacher(load_teacher(path, ad)?.1)),
+            None => Ok(Trainee::Teacher(Vqgan::new(&config.model.vqgan, ad))),
+        },
+        StageKind::Stage1 => {
+            let mut model = match &config.init {
+                Some(path) => load_sftok_weights(&model_dir_of(path), config, ad)?,
+                None => {
+                    // A fresh SFTok whose pixel codebook and decoder start as the teacher's.
+                    let fresh = Sftok::new(&config.model, ad);
+                    let mut tensors = state_dict(&fresh);
+                    if let Some(t) = teacher {
+                        tensors.retain(|k, _| !k.starts_with("pixel_"));
+                        fill_pixel_parts_from_teacher(&mut tensors, &state_dict(t));
+                    }
+                    build_sftok(&config.model, tensors, ad, Path::new("(fresh model)"))?
+                }
+            };
+            model.mask_token_id = config.model.mask_token_id();
+            Ok(Trainee::Tokenizer(model))
+        }
+        StageKind::Stage2 | StageKind::Stage3 => {
+            let Some(path) = &config.init else {
+                return Err(SftokError::Other(format!(
+                    "{} starts from the previous stage: pass --init (a stage-{} run or a model directory)",
+                    config.stage,
+                    if config.stage == StageKind::Stage2 {
+                        1
+                    } else {
+                        2
+                    }
+                )));
+            };
+            let model = load_sftok_weights(&model_dir_of(path), config, ad)?;
+            Ok(Trainee::Tokenizer(if config.stage == StageKind::Stage3 {
+                freeze_for_stage3(model)
+            } else {
+                model
+            }))
+        }
+    }
+}
+
+fn load_sftok_weights(dir: &Path, config: &TrainConfig, ad: &Device) -> Result<Sftok> {
+    let weights = dir.join(MODEL_FILE);
+    if !weights.is_file() {
+        return Err(SftokError::Other(format!(
+            "{} has no {MODEL_FILE}; --init takes a run directory or a model directory",
+            dir.display()
+        )));
+    }
+    build_sftok(&config.model, read_weights(&weights)?, ad, &weights)
+}
+
+/// Stage 3 trains the decoder, the pixel codebook and the pixel decoder only.
+pub fn freeze_for_stage3(mut model: Sftok) -> Sftok {
+    model.encoder = model.encoder.no_grad();
+    model.quantize = model.quantize.no_grad();
+    model.latent_tokens = model.latent_tokens.set_require_grad(false);
+    model
+}
+
+/// MSE (+ LPIPS) (+ the generator's adversarial loss) of a reconstruction.
+fn pixel_losses(
+    config: &TrainConfig,
+    x: &Tensor<4>,
+    recon: &Tensor<4>,
+    lpips: Option<&Lpips>,
+    disc: Option<&(PatchDiscriminator, AdamW)>,
+    gan_on: bool,
+) -> (Tensor<1>, Vec<(&'static str, f64)>) {
+    let mse = (recon.clone() - x.clone()).powi_scalar(2).mean();
+    let mut parts = vec![("mse", scalar(&mse))];
+    let mut loss = mse.mul_scalar(config.reconstruction_weight);
+    if let Some(lpips) = lpips {
+        let p = lpips.forward(recon.clone(), x.clone()).mean();
+        parts.push(("perceptual_loss", scalar(&p)));
+        loss = loss + p.mul_scalar(config.perceptual_weight);
+    }
+    if gan_on && let Some((disc, _)) = disc {
+        // The discriminator is a fixed function for the generator's update.
+        let g = generator_loss(disc.clone().no_grad().forward(recon.clone()));
+        parts.push(("gan_loss", scalar(&g)));
+        loss = loss + g.mul_scalar(config.gan.weight);
+    }
+    (loss, parts)
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone()
+        .inner()
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .map_or(f64::NAN, |v| v[0])
+}
+
+fn accumulate(terms: &mut Vec<(&'static str, f64)>, name: &'static str, value: f64) {
+    match terms.iter_mut().find(|(n, _)| *n == name) {
+        Some(t) => t.1 += value,
+        None => terms.push((name, value)),
+    }
+}
+
+fn next_batch(loader: &mut DataLoader) -> Result<Batch> {
+    loader
+        .next_batch()
+        .map_err(|e| SftokError::Other(e.to_string()))?
+        .ok_or_else(|| SftokError::Other("the training data ran out".into()))
+}
+
+fn batch_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
+    let s = batch.image_size as usize;
+    Tensor::from_data(
+        TensorData::new(batch.pixels.clone(), [batch.batch_size, 3, s, s]),
+        device,
+    )
+}
+
+/// Originals above reconstructions, at most 8 images.
+fn write_preview(run: &RunDir, step: u64, orig: Tensor<4>, recon: Tensor<4>) -> Result<PathBuf> {
+    let b = orig.dims()[0].min(8);
+    let top = hstack(&tensor_to_images(orig.narrow(0, 0, b)), 2);
+    let bottom = hstack(&tensor_to_images(recon.narrow(0, 0, b)), 2);
+    let mut sheet = image::RgbImage::from_pixel(
+        top.width(),
+        top.height() * 2 + 2,
+        image::Rgb([255, 255, 255]),
+    );
+    image::imageops::overlay(&mut sheet, &top, 0, 0);
+    image::imageops::overlay(&mut sheet, &bottom, 0, (top.height() + 2) as i64);
+    let path = run.previews_dir().join(format!("step_{step:08}.png"));
+    save_png(&sheet, &path)?;
+    Ok(path)
+}
+
+/// Writes a checkpoint and publishes the EMA weights as the run's model directory.
+fn checkpoint(
+    run: &RunDir,
+    config: &TrainConfig,
+    trainee: &Trainee,
+    progress: &Progress,
+    teacher: Option<&Vqgan>,
+) -> Result<PathBuf> {
+    let weights = match trainee {
+        Trainee::Teacher(m) => state_dict(m),
+        Trainee::Tokenizer(m) => state_dict(m),
+    };
+    let ema = progress.ema.state_dict();
+    let optim = progress.optim.state_dict();
+    let mut extra_files: Vec<(String, StateDict)> = Vec::new();
+    if let Some((disc, disc_optim)) = &progress.disc {
+        extra_files.push(("disc.safetensors".into(), state_dict(disc)));
+        extra_files.push(("disc_optim.safetensors".into(), disc_optim.state_dict()));
+    }
+    let mut files: Vec<(&str, &StateDict)> = vec![
+        ("model.safetensors", &weights),
+        ("ema.safetensors", &ema),
+        ("optim.safetensors", &optim),
+    ];
+    for (name, sd) in &extra_files {
+        files.push((name.as_str(), sd));
+    }
+    let extras = json!({
+        "optim_steps": progress.optim.steps,
+        "disc_optim_steps": progress.disc.as_ref().map(|d| d.1.steps),
+        "lecam": progress.lecam,
+        "usage": progress.usage,
+    });
+    let extras_bytes = serde_json::to_vec_pretty(&extras).expect("serialises");
+    let path = run.write_checkpoint(&progress.state, &files, config.keep_checkpoints)?;
+    crate::checkpoint::files::write_atomic(&path.join("extra.json"), &extras_bytes)?;
+
+    // Publish the EMA weights (the ones evaluated) as a model directory.
+    let out = run.model_dir();
+    std::fs::create_dir_all(&out).map_err(|e| SftokError::io(&out, e))?;
+    crate::checkpoint::files::write_atomic(
+        &out.join(CONFIG_FILE),
+        config.model.to_json().as_bytes(),
+    )?;
+    match trainee {
+        Trainee::Teacher(m) => {
+            let ema_model = progress.ema.apply_to(m.clone());
+            crate::checkpoint::files::write_safetensors(
+                &out.join(TEACHER_FILE),
+                &state_dict(&ema_model),
+            )?;
+        }
+        Trainee::Tokenizer(m) => {
+            let ema_model = progress.ema.apply_to(m.clone());
+            if let Some(t) = teacher {
+                crate::checkpoint::files::write_safetensors(
+                    &out.join(TEACHER_FILE),
+                    &state_dict(t),
+                )?;
+            }
+            crate::checkpoint::files::write_safetensors(
+                &out.join(MODEL_FILE),
+                &state_dict(&ema_model),
+            )?;
+        }
+    }
+    Ok(path)
+}
+
+/// Restores a run from a checkpoint folder.
+fn restore(
+    config: &TrainConfig,
+    path: &Path,
+    trainee: &mut Trainee,
+    progress: &mut Progress,
+    ad: &Device,
+) -> Result<()> {
+    let state = RunDir::read_checkpoint(path)?;
+    let weights = RunDir::read_checkpoint_file(path, "model.safetensors")?;
+    let source = path.join("model.safetensors");
+    *trainee = match trainee {
+        Trainee::Teacher(_) => {
+            Trainee::Teacher(build_teacher(&config.model, weights, ad, &source)?)
+        }
+        Trainee::Tokenizer(_) => {
+            let m = build_sftok(&config.model, weights, ad, &source)?;
+            Trainee::Tokenizer(if config.stage == StageKind::Stage3 {
+                freeze_for_stage3(m)
+            } else {
+                m
+            })
+        }
+    };
+    let extras: serde_json::Value = std::fs::read_to_string(path.join("extra.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let optim_steps = extras["optim_steps"].as_u64().unwrap_or(state.step);
+    progress.optim.load_state_dict(
+        &RunDir::read_checkpoint_file(path, "optim.safetensors")?,
+        optim_steps,
+        ad,
+    );
+    progress.ema.load_state_dict(
+        &RunDir::read_checkpoint_file(path, "ema.safetensors")?,
+        state.ema_updates,
+        ad,
+    );
+    if let Some((disc, disc_optim)) = progress.disc.take() {
+        let disc = crate::checkpoint::state::load_state_dict(
+            disc,
+            RunDir::read_checkpoint_file(path, "disc.safetensors")?,
+            ad,
+            &path.join("disc.safetensors"),
+        )?;
+        let mut disc_optim = disc_optim;
+        disc_optim.load_state_dict(
+            &RunDir::read_checkpoint_file(path, "disc_optim.safetensors")?,
+            extras["disc_optim_steps"].as_u64().unwrap_or(0),
+            ad,
+        );
+        progress.disc = Some((disc, disc_optim));
+    }
+    if let Ok(lecam) = serde_json::from_value(extras["lecam"].clone()) {
+        progress.lecam = lecam;
+    }
+    if let Ok(usage) = serde_json::from_value(extras["usage"].clone()) {
+        progress.usage = usage;
+    }
+    progress.state = state;
+    Ok(())
+}

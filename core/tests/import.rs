@@ -1,0 +1,146 @@
+//! Import of the official formats: `pytorch_model.bin` (zip + pickle, read without running it),
+//! the official nested config.json and the teacher `.bin`, into a model directory that reproduces
+//! the official outputs; and the messages for files that do not fit.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use sftok_core::SftokError;
+use sftok_core::checkpoint::files::read_safetensors_bytes;
+use sftok_core::checkpoint::{build_sftok, import_official, load_model_dir};
+use sftok_core::config::SftokConfig;
+use sftok_core::reconstruct::{ReconstructOptions, generate};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn official_dir() -> PathBuf {
+    repo().join("tests/data/official")
+}
+
+fn parity_dir() -> PathBuf {
+    repo().join("core/tests/data/parity/public")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sftok-import-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn official_bin_and_config_import_and_reproduce_the_official_reconstruction() {
+    let device = Device::flex();
+    let out = temp_dir("bin");
+    let fallback = SftokConfig::sftok_b();
+    let loaded = import_official(
+        &official_dir().join("pytorch_model.bin"),
+        Some(&official_dir().join("config.json")),
+        &fallback,
+        Some(&official_dir().join("maskgit-vqgan-teacher.bin")),
+        &out,
+        &device,
+    )
+    .expect("import succeeds");
+    assert_eq!(loaded.config.image_size, 64);
+    assert!(loaded.teacher.is_some());
+
+    // The written directory loads with one call and decodes exactly as the official code.
+    let reloaded = load_model_dir(&out, &device).expect("model directory loads");
+    let io = read_safetensors_bytes(&std::fs::read(parity_dir().join("io.safetensors")).unwrap())
+        .unwrap();
+    let zq = &io["quant_z_codebook"];
+    let zq = Tensor::<4>::from_data(TensorData::new(zq.as_f32(), zq.shape.clone()), &device);
+    let trace = generate(
+        &reloaded.model,
+        zq,
+        &ReconstructOptions {
+            steps: 8,
+            step_images: false,
+            ..Default::default()
+        },
+    );
+    let ids: Vec<i64> = trace.final_ids.iter().flatten().copied().collect();
+    assert_eq!(ids, io["gen_T8_ids"].as_i64());
+    let got = trace
+        .pixels
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let want = io["gen_T8_pixels"].as_f32();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 5e-4, "pixels differ by {worst}");
+}
+
+#[test]
+fn a_checkpoint_of_the_wrong_size_names_each_key_and_shape() {
+    let weights = parity_dir().join("weights.safetensors");
+    let tensors = read_safetensors_bytes(&std::fs::read(&weights).unwrap()).unwrap();
+    let err = build_sftok(&SftokConfig::tiny(), tensors, &Device::flex(), &weights).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SftokError::KeyMismatch { .. }), "{msg}");
+    assert!(msg.contains("mis-shaped"), "{msg}");
+    assert!(
+        msg.contains(
+            "encoder.patch_embed.weight: file has [64, 3, 16, 16], model expects [32, 3, 8, 8]"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_and_unexpected_keys_are_listed() {
+    let weights = parity_dir().join("weights.safetensors");
+    let mut tensors = read_safetensors_bytes(&std::fs::read(&weights).unwrap()).unwrap();
+    let config = SftokConfig::from_file(&parity_dir().join("config.json")).unwrap();
+    tensors.remove("decoder.ln_post.weight");
+    let extra = tensors["decoder.ln_post.bias"].clone();
+    tensors.insert("decoder.not_a_key".into(), extra);
+    let msg = build_sftok(&config, tensors, &Device::flex(), &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("missing key") && msg.contains("decoder.ln_post.weight [64]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unexpected key") && msg.contains("decoder.not_a_key [64]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_a_clear_error() {
+    let dir = temp_dir("truncated");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "teacher.safetensors"] {
+        let src = repo().join("assets/models/default").join(f);
+        std::fs::copy(src, dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_model_dir(&dir, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_missing_model_directory_says_what_a_model_directory_is() {
+    let msg = load_model_dir(Path::new("/nonexistent/model"), &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("does not exist") && msg.contains("config.json"),
+        "{msg}"
+    );
+}

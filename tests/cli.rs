@@ -1,0 +1,143 @@
+//! End-to-end tests of the `sftok` command line: the real binary, real files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sftok() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sftok"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sftok-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn reconstruct_writes_a_strip_and_prints_psnr_per_step() {
+    let dir = temp_dir("recon");
+    let out = dir.join("strip.png");
+    let result = sftok()
+        .args(["reconstruct", "--device", "cpu", "--steps", "4", "--out"])
+        .arg(&out)
+        .arg(repo().join("assets/samples/chelsea.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&result.stderr)
+    );
+    // One row per step plus the teacher's.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    assert!(stdout.contains("teacher"), "{stdout}");
+    let strip = image::open(&out).unwrap();
+    let size = 64; // the bundled default model's image size
+    // original | 4 steps | teacher, 2 px apart.
+    assert_eq!(strip.width(), 6 * size + 5 * 2);
+    assert_eq!(strip.height(), size);
+}
+
+#[test]
+fn a_bad_image_is_an_error_message_not_a_panic() {
+    let dir = temp_dir("bad");
+    let bad = dir.join("not_an_image.png");
+    std::fs::write(&bad, b"this is text").unwrap();
+    let result = sftok()
+        .args(["reconstruct", "--device", "cpu"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not an image that can be read"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_missing_model_is_an_error_message() {
+    let result = sftok()
+        .args([
+            "reconstruct",
+            "--device",
+            "cpu",
+            "--model",
+            "/nonexistent/model",
+        ])
+        .arg(repo().join("assets/samples/chelsea.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn import_of_official_files_then_reconstruct() {
+    let dir = temp_dir("import");
+    let model = dir.join("model");
+    let official = repo().join("tests/data/official");
+    let result = sftok()
+        .args(["import", "--weights"])
+        .arg(official.join("pytorch_model.bin"))
+        .arg("--config")
+        .arg(official.join("config.json"))
+        .arg("--teacher")
+        .arg(official.join("maskgit-vqgan-teacher.bin"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for f in ["config.json", "model.safetensors", "teacher.safetensors"] {
+        assert!(model.join(f).is_file(), "{f} missing");
+    }
+    let result = sftok()
+        .args(["reconstruct", "--device", "cpu", "--steps", "2", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.join("s.png"))
+        .arg(repo().join("assets/samples/coffee.png"))
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn importing_a_non_checkpoint_says_so() {
+    let dir = temp_dir("notckpt");
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, vec![7u8; 1000]).unwrap();
+    let result = sftok()
+        .args(["import", "--weights"])
+        .arg(&junk)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a usable weights file"), "{stderr}");
+}
