@@ -144,3 +144,17 @@ fn a_missing_model_directory_says_what_a_model_directory_is() {
         "{msg}"
     );
 }
+
+#[test]
+fn cmyk_and_grey_jpegs_become_rgb() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/images");
+    for name in ["cmyk.jpg", "grey.jpg", "rgb.png"] {
+        let image = sftok_core::image_io::load_rgb(&dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(image.dimensions(), (40, 32), "{name}");
+    }
+    // The CMYK file holds the same picture: its top-right corner is bright red-ish, as drawn.
+    let cmyk = sftok_core::image_io::load_rgb(&dir.join("cmyk.jpg")).unwrap();
+    let p = cmyk.get_pixel(39, 0).0;
+    assert!(p[0] > 180 && p[1] < 60, "{p:?}");
+}

@@ -7,6 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sftok_core::train::config::PerceptualWeights;
 use sftok_core::train::masking::Stage2Inputs;
+use sftok_core::train::trainer::model_config_of;
 use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train};
 use sftok_core::{DeviceChoice, SftokConfig};
 
@@ -87,25 +88,12 @@ pub struct Args {
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     let model = match (&args.init, &args.teacher, args.stage) {
         // A stage that starts from a run takes that run's model configuration.
-        (Some(init), _, StageKind::Stage2 | StageKind::Stage3) => {
-            let dir = if init.join("model").is_dir() {
-                init.join("model")
-            } else {
-                init.clone()
-            };
-            SftokConfig::from_file(&dir.join("config.json")).with_context(|| {
-                format!("reading the configuration of --init {}", init.display())
-            })?
-        }
+        (Some(init), _, StageKind::Stage2 | StageKind::Stage3) => model_config_of(init)
+            .with_context(|| format!("reading the configuration of --init {}", init.display()))?,
         (_, Some(teacher), StageKind::Stage1) => {
-            let dir = if teacher.join("model").is_dir() {
-                teacher.join("model")
-            } else {
-                teacher.clone()
-            };
             let mut c = SftokConfig::preset(&args.preset)?;
             // The teacher fixes the proxy-code vocabulary and grid.
-            let t = SftokConfig::from_file(&dir.join("config.json")).with_context(|| {
+            let t = model_config_of(teacher).with_context(|| {
                 format!(
                     "reading the configuration of --teacher {}",
                     teacher.display()

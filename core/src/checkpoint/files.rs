@@ -28,14 +28,19 @@ pub fn read_weights(path: &Path) -> Result<StateDict> {
             .map(|t| (t.name.clone(), StoredTensor::from(t)))
             .collect());
     }
-    if bytes.first() == Some(&0x80) {
-        // A pickle at the start of the file: PyTorch's pre-1.6 format, or a bare pickle.
-        return Err(weights_error(
-            path,
-            "this is a legacy PyTorch file (before torch 1.6), which is not read here; re-save it with `torch.save(state_dict, path)` in torch >= 1.6, or convert it to .safetensors",
-        ));
-    }
-    read_safetensors_bytes(&bytes).map_err(|m| weights_error(path, m))
+    read_safetensors_bytes(&bytes).map_err(|message| {
+        // A pickle opcode (PROTO) at the start: PyTorch's pre-1.6 format, or a bare pickle.
+        // (Checked only after safetensors failed: a safetensors header length can start with
+        // the same byte.)
+        if bytes.first() == Some(&0x80) {
+            weights_error(
+                path,
+                "this is a legacy PyTorch file (before torch 1.6), which is not read here; re-save it with `torch.save(state_dict, path)` in torch >= 1.6, or convert it to .safetensors",
+            )
+        } else {
+            weights_error(path, message)
+        }
+    })
 }
 
 /// Parses safetensors bytes (float32/16, bfloat16, float64 and integer tensors).

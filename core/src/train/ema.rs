@@ -66,8 +66,10 @@ impl Ema {
                 let numel = value.shape().num_elements();
                 let value = value.reshape([numel]).detach();
                 let blended = match self.ema.shadow.remove(&name) {
+                    // `old + (1 - d) (value - old)`: the same average as `d old + (1 - d) value`,
+                    // but a weight that did not move (a frozen one) stays bit-identical.
                     Some(old) if self.decay > 0.0 => {
-                        old.mul_scalar(self.decay) + value.mul_scalar(1.0 - self.decay)
+                        old.clone() + (value - old).mul_scalar(1.0 - self.decay)
                     }
                     _ => value,
                 };

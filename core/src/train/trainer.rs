@@ -81,6 +81,26 @@ pub fn load_teacher(path: &Path, device: &Device) -> Result<(SftokConfig, Vqgan)
     Ok((config, teacher))
 }
 
+/// The model configuration of a run directory (its `model/` or its run config) or of a model
+/// directory.
+pub fn model_config_of(path: &Path) -> Result<SftokConfig> {
+    let published = path.join("model").join(CONFIG_FILE);
+    if published.is_file() {
+        return SftokConfig::from_file(&published);
+    }
+    let file = path.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| SftokError::io(&file, e))?;
+    if let Ok(run) = serde_json::from_str::<TrainConfig>(&text) {
+        return Ok(run.model);
+    }
+    SftokConfig::from_file(&file).map_err(|_| {
+        SftokError::Other(format!(
+            "{} is neither a run directory (made by `sftok train`) nor a model directory (config.json + model.safetensors)",
+            path.display()
+        ))
+    })
+}
+
 /// The model directory a run publishes, or `path` itself if it is a model directory.
 fn model_dir_of(path: &Path) -> PathBuf {
     if path.join("model").join(MODEL_FILE).is_file() {
@@ -161,6 +181,8 @@ fn train_inner(
         None => None,
     };
 
+    // Fresh weights are drawn from the backend's generator: seed it so a run is reproducible.
+    ad.seed(config.seed);
     let mut trainee = initial_model(&config, teacher.as_ref(), &ad)?;
     let mut progress = Progress {
         optim: AdamW::new(config.optimizer.clone()),
@@ -645,8 +667,9 @@ fn pixel_losses(
         loss = loss + p.mul_scalar(config.perceptual_weight);
     }
     if gan_on && let Some((disc, _)) = disc {
-        // The discriminator is a fixed function for the generator's update.
-        let g = generator_loss(disc.clone().no_grad().forward(recon.clone()));
+        // The discriminator is a fixed function for the generator's update: its parameters get
+        // gradients here too, but only the trainee's are read from this backward pass.
+        let g = generator_loss(disc.forward(recon.clone()));
         parts.push(("gan_loss", scalar(&g)));
         loss = loss + g.mul_scalar(config.gan.weight);
     }

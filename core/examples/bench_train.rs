@@ -1,0 +1,132 @@
+//! Benchmark: training throughput of each stage (forward, backward, grad-norm clipping, AdamW;
+//! no data loading, no EMA) on random images, printing one JSON line per stage, to compare with
+//! `bench/pytorch_train.py` running the official code at the same sizes.
+//!
+//! ```sh
+//! cargo run --release --example bench_train -- --preset demo --batch 16 --steps 10 --stage stage1
+//! ```
+
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use rand::SeedableRng;
+use sftok_core::config::SftokConfig;
+use sftok_core::model::{Sftok, Vqgan};
+use sftok_core::reconstruct::rows_i64;
+use sftok_core::train::masking::{MaskDraw, Stage2Inputs};
+use sftok_core::train::optim::{AdamW, AdamWConfig, clip_coefficient, grad_norm};
+use sftok_core::train::pixel_step::stage3_forward;
+use sftok_core::train::teacher_step::teacher_forward;
+use sftok_core::train::token_step::{TokenStage, token_step};
+use sftok_core::train::trainer::freeze_for_stage3;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let preset: String = arg(&args, "--preset", "demo".to_string());
+    let stage: String = arg(&args, "--stage", "stage1".to_string());
+    let batch: usize = arg(&args, "--batch", 16);
+    let steps: usize = arg(&args, "--steps", 10);
+    let warmup: usize = arg(&args, "--warmup", 2);
+    let config = SftokConfig::preset(&preset).expect("known preset");
+    let plain = Device::flex();
+    let ad = plain.clone().autodiff();
+    let s = config.image_size;
+    let x = Tensor::<4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &ad);
+    let teacher = Vqgan::new(&config.vqgan, &plain);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut optim = AdamW::new(AdamWConfig::default());
+    let mut times = Vec::new();
+    let mut last_loss = f64::NAN;
+    let scalar =
+        |t: &Tensor<1>| t.clone().inner().into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+
+    enum M {
+        Tok(Sftok),
+        Teach(Vqgan),
+    }
+    let mut model = match stage.as_str() {
+        "teacher" => M::Teach(Vqgan::new(&config.vqgan, &ad)),
+        "stage3" => M::Tok(freeze_for_stage3(Sftok::new(&config, &ad))),
+        _ => M::Tok(Sftok::new(&config, &ad)),
+    };
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let draw = MaskDraw::sample(&mut rng, batch, config.num_proxy_codes());
+        model = match model {
+            M::Teach(m) => {
+                let out = teacher_forward(&m, x.clone(), 0.25);
+                let loss = (out.reconstruction - x.clone()).powi_scalar(2).mean()
+                    + out.codebook_loss
+                    + out.commitment_loss;
+                last_loss = scalar(&loss);
+                let mut g = GradientsParams::from_grads(loss.backward(), &m);
+                let c = clip_coefficient(grad_norm(&m, &g), 1.0);
+                M::Teach(optim.step(m, &mut g, 1e-4, c))
+            }
+            M::Tok(m) => {
+                let loss = match stage.as_str() {
+                    "stage3" => (stage3_forward(&m, x.clone(), &draw) - x.clone())
+                        .powi_scalar(2)
+                        .mean(),
+                    _ => {
+                        let proxy = rows_i64(teacher.encode(x.clone().inner()));
+                        let st = if stage == "stage1" {
+                            TokenStage::WarmUp
+                        } else {
+                            TokenStage::Stage2(Stage2Inputs::SelfForcing { replace_prob: 1.0 })
+                        };
+                        token_step(&m, x.clone(), &proxy, st, &draw).total_loss
+                    }
+                };
+                last_loss = scalar(&loss);
+                let mut g = GradientsParams::from_grads(loss.backward(), &m);
+                let c = clip_coefficient(grad_norm(&m, &g), 1.0);
+                M::Tok(optim.step(m, &mut g, 1e-4, c))
+            }
+        };
+        plain.sync().ok();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("step {i}: {ms:.0} ms, loss {last_loss:.4}");
+        if i >= warmup {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "rust-burn",
+            "device": "cpu (burn flex)",
+            "stage": stage,
+            "model": preset,
+            "batch": batch,
+            "steps": steps,
+            "ms_per_step_median": median,
+            "images_per_sec": batch as f64 * 1000.0 / median,
+            "final_loss": last_loss,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}

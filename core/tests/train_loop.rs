@@ -1,0 +1,304 @@
+//! The trainer end to end on a tiny configuration: learning, exact resume, stopping, NaN
+//! detection, stage-3 freezing and unreadable training files.
+
+use std::path::{Path, PathBuf};
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use sftok_core::checkpoint::files::read_weights;
+use sftok_core::checkpoint::state::StateDict;
+use sftok_core::config::SftokConfig;
+use sftok_core::model::{Sftok, Vqgan};
+use sftok_core::reconstruct::rows_i64;
+use sftok_core::train::masking::MaskDraw;
+use sftok_core::train::optim::{AdamW, AdamWConfig, clip_coefficient, grad_norm};
+use sftok_core::train::run_dir::RunDir;
+use sftok_core::train::token_step::{TokenStage, token_step};
+use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sftok-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A folder of `n` small, varied PNG images.
+fn image_folder(tag: &str, n: usize) -> PathBuf {
+    let dir = temp_dir(tag);
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| {
+            let v = |k: u32| ((x * (k + i as u32) + y * (3 * k + 1) + 17 * i as u32) % 256) as u8;
+            image::Rgb([v(1), v(2), v(3)])
+        });
+        img.save(dir.join(format!("img_{i:02}.png"))).unwrap();
+    }
+    dir
+}
+
+fn tiny_config(stage: StageKind, data: &Path, steps: u64) -> TrainConfig {
+    let mut c = TrainConfig::for_stage(stage, SftokConfig::tiny(), data.to_path_buf(), steps);
+    c.batch_size = 4;
+    c.workers = 1;
+    c.log_every = 1;
+    c.preview_every = 0;
+    c.checkpoint_every = 1000;
+    c.warmup_steps = 1;
+    c.gan.start_step = u64::MAX;
+    c
+}
+
+fn run(
+    config: TrainConfig,
+    out: &Path,
+    resume: bool,
+) -> (
+    sftok_core::Result<sftok_core::train::TrainOutcome>,
+    Vec<TrainEvent>,
+) {
+    let mut events = Vec::new();
+    let result = train(
+        config,
+        out,
+        resume,
+        &Device::flex(),
+        &mut |e| events.push(e),
+        &StopHandle::new(),
+    );
+    (result, events)
+}
+
+fn losses(events: &[TrainEvent]) -> Vec<(u64, f64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Metrics(row) => Some((row["step"].as_u64()?, row["loss"].as_f64()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A teacher run of one step: the teacher that the tiny token stages use.
+fn tiny_teacher(data: &Path, tag: &str) -> PathBuf {
+    let out = temp_dir(&format!("teacher-{tag}"));
+    let (result, _) = run(tiny_config(StageKind::Teacher, data, 1), &out, false);
+    result.expect("teacher run");
+    out
+}
+
+#[test]
+fn a_tiny_model_overfits_one_batch() {
+    let device = Device::flex().autodiff();
+    let config = SftokConfig::tiny();
+    let teacher = Vqgan::new(&config.vqgan, &Device::flex());
+    let mut model = Sftok::new(&config, &device);
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+    let proxy = rows_i64(teacher.encode(x.clone().inner()));
+    let mut optim = AdamW::new(AdamWConfig::default());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let draw = MaskDraw::sample(&mut rng, 4, config.num_proxy_codes());
+    let mut first = None;
+    let mut last = f64::NAN;
+    for _ in 0..100 {
+        let out = token_step(&model, x.clone(), &proxy, TokenStage::WarmUp, &draw);
+        last = out
+            .recon_loss
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()[0] as f64;
+        first.get_or_insert(last);
+        let mut grads = GradientsParams::from_grads(out.total_loss.backward(), &model);
+        let scale = clip_coefficient(grad_norm(&model, &grads), 1.0);
+        model = optim.step(model, &mut grads, 3e-3, scale);
+    }
+    let first = first.unwrap();
+    assert!(last < 0.5 * first, "CE went from {first} to {last}");
+}
+
+#[test]
+fn resuming_gives_the_same_next_steps_as_an_uninterrupted_run() {
+    let data = image_folder("resume-data", 12);
+    let teacher = tiny_teacher(&data, "resume");
+    // Both runs start from the same saved weights (fresh weights come from the backend's
+    // random generator, which tests running in parallel share).
+    let init = temp_dir("resume-init");
+    let tiny = SftokConfig::tiny();
+    sftok_core::checkpoint::save_model_dir(&init, &tiny, &Sftok::new(&tiny, &Device::flex()), None)
+        .unwrap();
+    let mut config = tiny_config(StageKind::Stage1, &data, 4);
+    config.teacher = Some(teacher);
+    config.init = Some(init);
+    let whole = temp_dir("resume-whole");
+    let (r, events) = run(config.clone(), &whole, false);
+    r.unwrap();
+    let uninterrupted = losses(&events);
+    assert_eq!(uninterrupted.len(), 4);
+
+    // Interrupt the same run after two steps (as Ctrl-C does), then resume it.
+    let split = temp_dir("resume-split");
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    let interrupted = train(
+        config.clone(),
+        &split,
+        false,
+        &Device::flex(),
+        &mut |e| {
+            if let TrainEvent::Progress { step: 2, .. } = e {
+                stopper.stop();
+            }
+        },
+        &stop,
+    )
+    .unwrap();
+    assert!(interrupted.stopped && interrupted.step == 2);
+    let (r, events) = run(config, &split, true);
+    assert_eq!(r.unwrap().step, 4);
+    let resumed = losses(&events);
+    assert_eq!(resumed.iter().map(|l| l.0).collect::<Vec<_>>(), [3, 4]);
+    for ((s1, a), (s2, b)) in uninterrupted[2..].iter().zip(&resumed) {
+        assert_eq!(s1, s2);
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "step {s1}: {a} vs {b}"
+        );
+    }
+    // metrics.jsonl holds each step once.
+    let text = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[test]
+fn stopping_writes_a_checkpoint_and_the_model() {
+    let data = image_folder("stop-data", 8);
+    let out = temp_dir("stop");
+    let stop = StopHandle::new();
+    let mut events = Vec::new();
+    let stopper = stop.clone();
+    let outcome = train(
+        tiny_config(StageKind::Teacher, &data, 50),
+        &out,
+        false,
+        &Device::flex(),
+        &mut |e| {
+            if let TrainEvent::Progress { step: 2, .. } = e {
+                stopper.stop();
+            }
+            events.push(e);
+        },
+        &stop,
+    )
+    .unwrap();
+    assert!(outcome.stopped);
+    assert_eq!(outcome.step, 2);
+    assert_eq!(RunDir::new(&out).latest_checkpoint().unwrap().0, 2);
+    assert!(out.join("model/teacher.safetensors").is_file());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Stopped { step: 2, .. }))
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let data = image_folder("nan-data", 8);
+    let out = temp_dir("nan");
+    let mut config = tiny_config(StageKind::Teacher, &data, 200);
+    config.lr = 1e30;
+    config.end_lr = 1e30;
+    config.checkpoint_every = 1;
+    config.grad_clip = f64::INFINITY;
+    let (result, events) = run(config, &out, false);
+    let message = result.expect_err("the run must fail").to_string();
+    assert!(message.contains("the loss became"), "{message}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Failed { .. }))
+    );
+    let (step, path) = RunDir::new(&out)
+        .latest_checkpoint()
+        .expect("a checkpoint before the failure");
+    assert!(message.contains(&format!("step {step}")), "{message}");
+    let weights = read_weights(&path.join("model.safetensors")).unwrap();
+    let config = SftokConfig::tiny();
+    sftok_core::checkpoint::build_teacher(&config, weights, &Device::flex(), &path)
+        .expect("the last checkpoint loads");
+}
+
+fn only(sd: &StateDict, prefixes: &[&str]) -> StateDict {
+    sd.iter()
+        .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn stage3_leaves_the_encoder_quantizer_and_latent_tokens_bit_identical() {
+    let data = image_folder("s3-data", 8);
+    let teacher = tiny_teacher(&data, "s3");
+    let s1 = temp_dir("s3-init");
+    let mut c1 = tiny_config(StageKind::Stage1, &data, 1);
+    c1.teacher = Some(teacher);
+    run(c1, &s1, false).0.unwrap();
+    let out = temp_dir("s3");
+    let mut c3 = tiny_config(StageKind::Stage3, &data, 3);
+    c3.init = Some(s1.clone());
+    run(c3, &out, false).0.unwrap();
+
+    let before = read_weights(&s1.join("model/model.safetensors")).unwrap();
+    let frozen = ["encoder.", "quantize.", "latent_tokens"];
+    for after in [
+        read_weights(&out.join("model/model.safetensors")).unwrap(),
+        read_weights(
+            &RunDir::new(&out)
+                .latest_checkpoint()
+                .unwrap()
+                .1
+                .join("model.safetensors"),
+        )
+        .unwrap(),
+    ] {
+        let (a, b) = (only(&before, &frozen), only(&after, &frozen));
+        let changed: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
+        assert!(
+            !a.is_empty() && changed.is_empty(),
+            "frozen tensors changed: {changed:?}"
+        );
+        assert_ne!(only(&before, &["decoder."]), only(&after, &["decoder."]));
+        assert_ne!(
+            only(&before, &["pixel_decoder."]),
+            only(&after, &["pixel_decoder."])
+        );
+    }
+}
+
+#[test]
+fn unreadable_training_files_are_skipped_and_listed() {
+    let data = image_folder("corrupt-data", 8);
+    std::fs::write(data.join("broken.png"), b"not a png at all").unwrap();
+    let good = std::fs::read(data.join("img_00.png")).unwrap();
+    std::fs::write(data.join("cut.png"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(data.join("empty.jpg"), b"").unwrap();
+    let out = temp_dir("corrupt");
+    let (result, events) = run(tiny_config(StageKind::Teacher, &data, 4), &out, false);
+    result.expect("unreadable files are not fatal");
+    let listed: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::SkippedFiles(files) => Some(
+                files
+                    .iter()
+                    .map(|f| f.0.file_name().unwrap().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .next_back()
+        .expect("the skipped files are reported");
+    for name in ["broken.png", "cut.png", "empty.jpg"] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+}
