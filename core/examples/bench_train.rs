@@ -61,6 +61,7 @@ fn main() {
     let scalar =
         |t: &Tensor<1>| t.clone().inner().into_data().try_to_vec::<f32>().unwrap()[0] as f64;
 
+    #[allow(clippy::large_enum_variant)]
     enum M {
         Tok(Sftok),
         Teach(Vqgan),

@@ -159,7 +159,7 @@ impl VqganConfig {
         }
         for &m in &self.channel_mult {
             let c = self.hidden_channels * m;
-            if c == 0 || c % self.groupnorm_groups != 0 {
+            if c == 0 || !c.is_multiple_of(self.groupnorm_groups) {
                 return Err(format!(
                     "vqgan channel count {c} (hidden {} x mult {m}) is not a multiple of the {} GroupNorm groups",
                     self.hidden_channels, self.groupnorm_groups
@@ -215,7 +215,7 @@ impl SftokConfig {
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(SftokError::InvalidConfig(m));
         for (what, vit) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
-            if vit.patch_size == 0 || self.image_size % vit.patch_size != 0 {
+            if vit.patch_size == 0 || !self.image_size.is_multiple_of(vit.patch_size) {
                 return err(format!(
                     "{what}.patch_size {} does not divide image_size {}",
                     vit.patch_size, self.image_size
@@ -233,7 +233,7 @@ impl SftokConfig {
         }
         self.vqgan.validate().map_err(SftokError::InvalidConfig)?;
         let f = self.vqgan.downsample_factor();
-        if self.image_size % f != 0 || self.image_size / f != self.decoder_grid() {
+        if !self.image_size.is_multiple_of(f) || self.image_size / f != self.decoder_grid() {
             return err(format!(
                 "the teacher's code grid ({} / {f} = {}) must equal the decoder's grid ({} / {} = {})",
                 self.image_size,

@@ -356,6 +356,32 @@ pub fn state_dict_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>, &'st
         .collect()
 }
 
+/// Official name -> parameter id, for looking up gradients by name.
+pub fn param_ids<M: Module>(module: &M) -> BTreeMap<String, burn::module::ParamId> {
+    struct Ids {
+        path: Vec<(String, String)>,
+        out: BTreeMap<String, burn::module::ParamId>,
+    }
+    impl ModuleVisitor for Ids {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path
+                .push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.out.insert(official_key(&self.path).name, param.id);
+        }
+    }
+    let mut ids = Ids {
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut ids);
+    ids.out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,30 +420,4 @@ mod tests {
         ]));
         assert_eq!(k.name, "decoder.ffn.2.bias");
     }
-}
-
-/// Official name -> parameter id, for looking up gradients by name.
-pub fn param_ids<M: Module>(module: &M) -> BTreeMap<String, burn::module::ParamId> {
-    struct Ids {
-        path: Vec<(String, String)>,
-        out: BTreeMap<String, burn::module::ParamId>,
-    }
-    impl ModuleVisitor for Ids {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path
-                .push((name.to_string(), container_type.to_string()));
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out.insert(official_key(&self.path).name, param.id);
-        }
-    }
-    let mut ids = Ids {
-        path: Vec::new(),
-        out: BTreeMap::new(),
-    };
-    module.visit(&mut ids);
-    ids.out
 }

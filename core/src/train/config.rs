@@ -145,7 +145,7 @@ impl TrainConfig {
                 start_step: steps / 2,
                 weight: if stage == StageKind::Stage3 { 0.5 } else { 0.1 },
                 lecam_weight: 0.001,
-                lr: lr,
+                lr,
             },
             _ => GanConfig {
                 start_step: u64::MAX,

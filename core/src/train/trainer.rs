@@ -45,7 +45,8 @@ pub struct TrainOutcome {
     pub stopped: bool,
 }
 
-/// The model being trained.
+/// The model being trained. (One lives per run, so the size difference of the variants is moot.)
+#[allow(clippy::large_enum_variant)]
 enum Trainee {
     Teacher(Vqgan),
     Tokenizer(Sftok),
@@ -265,6 +266,7 @@ fn train_inner(
         let mut preview: Option<(Tensor<4>, Tensor<4>)> = None;
         let mut extra = serde_json::Map::new();
         let mut fakes_for_disc: Vec<(Tensor<4>, Tensor<4>)> = Vec::new();
+        let mut restart_latents: Option<Vec<f32>> = None;
         let gan_on = config.gan.start_step != u64::MAX && step >= config.gan.start_step;
 
         for _ in 0..config.grad_accum.max(1) {
@@ -291,14 +293,13 @@ fn train_inner(
                     let mut parts = parts;
                     parts.push(("codebook_loss", scalar(&out.codebook_loss)));
                     parts.push(("commitment_loss", scalar(&out.commitment_loss)));
-                    if config.dead_code_window > 0 && (step + 1) % config.dead_code_window == 0 {
-                        extra.insert("restart_latents".into(), json!(out.latents.len()));
-                        fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
-                        // Restart happens after the update (below), with these latents.
-                        extra.insert("_latents".into(), json!(out.latents));
-                    } else {
-                        fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
+                    if config.dead_code_window > 0
+                        && (step + 1).is_multiple_of(config.dead_code_window)
+                    {
+                        // Dead codes are restarted after the update (below), at these latents.
+                        restart_latents = Some(out.latents.clone());
                     }
+                    fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
                     (loss, parts, out.reconstruction)
                 }
                 Trainee::Tokenizer(model) => match config.stage {
@@ -349,8 +350,8 @@ fn train_inner(
                             ("commitment_loss", scalar(&out.commitment_loss)),
                             ("codebook_loss", scalar(&out.codebook_loss)),
                         ];
-                        let needs_preview =
-                            config.preview_every > 0 && (step + 1) % config.preview_every == 0;
+                        let needs_preview = config.preview_every > 0
+                            && (step + 1).is_multiple_of(config.preview_every);
                         let recon = if needs_preview {
                             model.valid().pixels_from_logits(out.logits.clone().inner())
                         } else {
@@ -434,9 +435,8 @@ fn train_inner(
         }
 
         // The teacher's guard against codebook collapse.
-        if let (Trainee::Teacher(m), Some(latents)) = (&trainee, extra.remove("_latents")) {
+        if let (Trainee::Teacher(m), Some(latents)) = (&trainee, restart_latents.take()) {
             let dead = progress.usage.dead(step, config.dead_code_window);
-            let latents: Vec<f32> = serde_json::from_value(latents).unwrap_or_default();
             extra.insert("restarted_codes".into(), json!(dead.len()));
             let restarted = restart_dead_codes(
                 m.clone(),
@@ -485,7 +485,7 @@ fn train_inner(
                     .collect(),
             ));
         }
-        if step % config.log_every.max(1) == 0 || step == config.steps {
+        if step.is_multiple_of(config.log_every.max(1)) || step == config.steps {
             let mut row = serde_json::Map::new();
             row.insert("step".into(), json!(step));
             for (name, v) in &terms {
@@ -504,13 +504,13 @@ fn train_inner(
             emit(TrainEvent::Metrics(row));
         }
         if config.preview_every > 0
-            && step % config.preview_every == 0
+            && step.is_multiple_of(config.preview_every)
             && let Some((orig, recon)) = preview.take()
         {
             let path = write_preview(&run, step, orig, recon)?;
             emit(TrainEvent::Preview { step, path });
         }
-        if step % config.checkpoint_every.max(1) == 0 && step < config.steps {
+        if step.is_multiple_of(config.checkpoint_every.max(1)) && step < config.steps {
             let path = checkpoint(&run, &config, &trainee, &progress, teacher.as_ref())?;
             emit(TrainEvent::Checkpoint { step, path });
         }
