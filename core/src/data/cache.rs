@@ -5,7 +5,6 @@
 //! is readable is also decided once: that keeps the replacement of unreadable items (and so the
 //! batches) the same in every run.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -97,19 +96,15 @@ impl ImageCache {
         list
     }
 
-    /// Reads, decodes and downscales one file. Never panics: a decoder crash on a malformed file
-    /// is caught and reported like any other unreadable file.
+    /// Reads, decodes and downscales one file. Never panics: `decode_rgb` turns a decoder crash on
+    /// a malformed file (and a cut-off JPEG) into an error like any other unreadable file.
     fn load(&self, index: usize) -> Result<RgbImage, String> {
         let path = &self.paths[index];
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
-            decode_rgb(&bytes, path).map(|image| prepare_for_cache(image, self.mode, self.size))
-        }));
-        match decoded {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err("the image decoder crashed on this file".to_string()),
-        }
+        decode_rgb(&bytes, path)
+            .map(|image| prepare_for_cache(image, self.mode, self.size))
+            .map_err(|e| e.to_string())
     }
 
     /// Takes the image's size out of the memory budget; false (and nothing taken) if it does not

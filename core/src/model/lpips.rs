@@ -237,6 +237,63 @@ mod tests {
     }
 
     #[test]
+    fn weights_load_from_user_files_under_the_torchvision_and_lpips_names() {
+        use crate::checkpoint::files::write_safetensors;
+        use crate::checkpoint::state::StoredTensor;
+        let dir = std::env::temp_dir().join(format!("sftok-lpips-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vgg = StateDict::new();
+        for &(idx, c_in, c_out) in VGG_CONVS.iter() {
+            let n = c_out * c_in * 9;
+            vgg.insert(
+                format!("features.{idx}.weight"),
+                StoredTensor::f32(vec![c_out, c_in, 3, 3], vec![0.01; n]),
+            );
+            vgg.insert(
+                format!("features.{idx}.bias"),
+                StoredTensor::f32(vec![c_out], vec![0.0; c_out]),
+            );
+        }
+        let mut lin = StateDict::new();
+        for (k, &c) in CHANNELS.iter().enumerate() {
+            lin.insert(
+                format!("lin{k}.model.1.weight"),
+                StoredTensor::f32(vec![1, c, 1, 1], vec![1.0 / c as f32; c]),
+            );
+        }
+        write_safetensors(&dir.join("vgg16.safetensors"), &vgg).unwrap();
+        write_safetensors(&dir.join("lpips.safetensors"), &lin).unwrap();
+        let device = Device::flex();
+        let lpips = Lpips::from_files(
+            &dir.join("vgg16.safetensors"),
+            &dir.join("lpips.safetensors"),
+            &device,
+        )
+        .unwrap();
+        let a = Tensor::<4>::random(
+            [1, 3, 32, 32],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        let d = lpips
+            .forward(a.clone(), a.clone().mul_scalar(0.5))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(d[0].is_finite() && d[0] >= 0.0, "{d:?}");
+        // A wrong shape names the key.
+        lin.insert(
+            "lin0.model.1.weight".into(),
+            StoredTensor::f32(vec![1, 3, 1, 1], vec![0.0; 3]),
+        );
+        let e = Lpips::from_state_dicts(&vgg, &lin, &device).unwrap_err();
+        assert!(
+            e.contains("lin0.model.1.weight") && e.contains("[1, 64, 1, 1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_keys_are_named() {
         let e = Lpips::from_state_dicts(&StateDict::new(), &StateDict::new(), &Device::flex())
             .unwrap_err();
