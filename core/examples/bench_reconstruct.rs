@@ -7,6 +7,8 @@
 //! ```
 //! See BENCHMARKS.md for the side-by-side figures with the official PyTorch code.
 
+mod common;
+
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
@@ -15,26 +17,7 @@ use sftok_core::model::Sftok;
 use sftok_core::reconstruct::{ReconstructOptions, generate};
 use sftok_core::{DeviceChoice, choose_device};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Peak resident memory of this process in MiB (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+use common::{arg, peak_rss_mib};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

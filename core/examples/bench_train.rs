@@ -6,6 +6,8 @@
 //! cargo run --release --example bench_train -- --preset demo --batch 16 --steps 10 --stage stage1
 //! ```
 
+mod common;
+
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
@@ -21,25 +23,7 @@ use sftok_core::train::teacher_step::teacher_forward;
 use sftok_core::train::token_step::{TokenStage, token_step};
 use sftok_core::train::trainer::freeze_for_stage3;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+use common::{arg, peak_rss_mib};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

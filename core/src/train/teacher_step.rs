@@ -7,7 +7,7 @@
 //! current batch (the "random restart" of Dhariwal et al., Jukebox, 2020). Utilisation (share of
 //! codes used in the window) and perplexity are logged so the effect is visible.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
@@ -33,14 +33,9 @@ pub struct TeacherForward {
 pub fn teacher_forward(teacher: &Vqgan, x: Tensor<4>, commitment: f64) -> TeacherForward {
     let z = teacher.encoder.forward(x); // [B, C, g, g]
     let [b, c, h, w] = z.dims();
+    // Assignment needs no gradients: distances on the plain (non-autodiff) values.
+    let distances = teacher.quantize.valid().distances(z.clone().inner());
     let flat = z.swap_dims(1, 2).swap_dims(2, 3).reshape([b * h * w, c]);
-    let distances = {
-        let e = teacher.quantize.embedding.weight.val().inner();
-        let f = flat.clone().inner();
-        let zz = f.clone().powi_scalar(2).sum_dim(1);
-        let ee = e.clone().powi_scalar(2).sum_dim(1).transpose();
-        (zz + ee) - f.matmul(e.transpose()).mul_scalar(2.0)
-    };
     let codes = argmax_rows(distances.neg());
     let device = flat.device();
     let ids = Tensor::<1, burn::tensor::Int>::from_data(
