@@ -78,7 +78,7 @@ fn first_adapter(hardware_only: bool) -> Option<String> {
     std::panic::catch_unwind(|| {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
         adapters
             .into_iter()
             .map(|a| a.get_info())
