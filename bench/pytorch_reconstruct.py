@@ -158,7 +158,9 @@ def _sub(pattern, repl, src, count, what, regex=False):
     return out
 
 
-def _load_patched(name, path, patches):
+def _load_patched(name, path, patches, sizes=None, vqgan=None):
+    """Runs an official module's source with textual `patches` applied, as module `name`, with
+    the size tables `sizes` / `vqgan` (default: the tiny parity model) in its namespace."""
     with open(path, encoding="utf-8") as f:
         src = f.read()
     for args in patches:
@@ -166,9 +168,12 @@ def _load_patched(name, path, patches):
     mod = types.ModuleType(name)
     mod.__file__ = path
     mod.__package__ = name.rpartition(".")[0]
-    mod._BENCH_SIZES = TINY_SIZES
-    mod._BENCH_VQGAN = TINY_VQGAN
+    mod._BENCH_SIZES = TINY_SIZES if sizes is None else sizes
+    mod._BENCH_VQGAN = TINY_VQGAN if vqgan is None else vqgan
     sys.modules[name] = mod
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, mod)
     exec(compile(src, path, "exec"), mod.__dict__)
     return mod
 

@@ -60,7 +60,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # Stubs, bare packages and the textual-patch helpers are shared with the reconstruction benchmark
 # (importing it also sets CUDA_VISIBLE_DEVICES="" and imports torch).
 from pytorch_reconstruct import (  # noqa: E402
-    _SIZE_TABLE, _VQGAN_CONF, _sub, install_bare_packages, install_stubs, log, rss_now_mib)
+    _SIZE_TABLE, _VQGAN_CONF, _load_patched, install_bare_packages, install_stubs, log,
+    rss_now_mib)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -108,37 +109,23 @@ GENERATOR = {  # decode() reads model.generator.class_label_dropout, absent from
 # Loading the official code with the demo sizes
 # --------------------------------------------------------------------------------------------------
 
-def _load_patched(name, path, patches):
-    with open(path, encoding="utf-8") as f:
-        src = f.read()
-    for args in patches:
-        src = _sub(args[0], args[1], src, *args[2:])
-    mod = types.ModuleType(name)
-    mod.__file__ = path
-    mod.__package__ = name.rpartition(".")[0]
-    mod._BENCH_SIZES = DEMO_SIZES
-    mod._BENCH_VQGAN = DEMO_VQGAN
-    sys.modules[name] = mod
-    parent, _, child = name.rpartition(".")
-    if parent in sys.modules:
-        setattr(sys.modules[parent], child, mod)
-    exec(compile(src, path, "exec"), mod.__dict__)
-    return mod
+def _load_demo(name, path, patches):
+    return _load_patched(name, path, patches, DEMO_SIZES, DEMO_VQGAN)
 
 
 def load_demo_patched(official):
     sizes = r'\1\3**_BENCH_SIZES["\2"], \4'  # add the demo entry to each inline size table
     mm = os.path.join(official, "modeling", "modules")
-    _load_patched("modeling.modules.blocks", os.path.join(mm, "blocks.py"), [
+    _load_demo("modeling.modules.blocks", os.path.join(mm, "blocks.py"), [
         (_SIZE_TABLE, sizes, 6, "blocks.py size tables", True),
     ])
-    _load_patched("modeling.modules.blocks_multistep", os.path.join(mm, "blocks_multistep.py"), [
+    _load_demo("modeling.modules.blocks_multistep", os.path.join(mm, "blocks_multistep.py"), [
         (_SIZE_TABLE, sizes, 3, "blocks_multistep.py size tables", True),
         ("nn.Conv2d(2 * self.width, 1024, 1, padding=0, bias=True)",
          'nn.Conv2d(2 * self.width, _BENCH_VQGAN["num_embeddings"], 1, padding=0, bias=True)',
          1, "ffn output channels"),
     ])
-    return _load_patched("modeling.sftok", os.path.join(official, "modeling", "sftok.py"), [
+    return _load_demo("modeling.sftok", os.path.join(official, "modeling", "sftok.py"), [
         ("num_embeddings=1024, embedding_dim=256",
          'num_embeddings=_BENCH_VQGAN["num_embeddings"], embedding_dim=_BENCH_VQGAN["embedding_dim"]',
          2, "Pixel_Quantizer sizes"),

@@ -17,7 +17,7 @@ use sftok_core::model::Sftok;
 use sftok_core::reconstruct::{ReconstructOptions, generate};
 use sftok_core::{DeviceChoice, choose_device};
 
-use common::{arg, peak_rss_mib};
+use common::{arg, median, peak_rss_mib};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -64,8 +64,7 @@ fn main() {
             ms
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     println!(
         "{}",
         serde_json::json!({

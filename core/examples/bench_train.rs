@@ -23,7 +23,7 @@ use sftok_core::train::teacher_step::teacher_forward;
 use sftok_core::train::token_step::{TokenStage, token_step};
 use sftok_core::train::trainer::freeze_for_stage3;
 
-use common::{arg, peak_rss_mib};
+use common::{arg, median, peak_rss_mib};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -97,8 +97,7 @@ fn main() {
             times.push(ms);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     println!(
         "{}",
         serde_json::json!({
