@@ -1,5 +1,7 @@
 //! Subcommands, one file each.
 
+mod eval;
+mod fid;
 mod import;
 mod reconstruct;
 mod train;
@@ -26,6 +28,8 @@ pub enum Command {
     Reconstruct(reconstruct::Args),
     /// Convert official SFTok weights (pytorch_model.bin or .safetensors) into a model directory.
     Import(import::Args),
+    /// Evaluate models at several step counts: PSNR, SSIM, proxy-code accuracy, codebook use, rFID.
+    Eval(eval::Args),
     /// Train a stage: teacher, stage1 (warm-up), stage2 (SFVR or --vanilla), stage3 (decoder fine-tuning).
     Train(train::Args),
 }
@@ -35,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 
@@ -45,9 +50,27 @@ pub fn assets_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")))
 }
 
-/// The model used when none is named.
+/// The model used when none is named: the bundled SFVR demo model, or the small random-weight
+/// model when the demo models are not there.
 pub fn default_model_dir() -> PathBuf {
-    assets_dir().join("models").join("default")
+    let models = assets_dir().join("models");
+    let sfvr = models.join("sfvr");
+    if sfvr.join("config.json").is_file() {
+        sfvr
+    } else {
+        models.join("default")
+    }
+}
+
+/// The models compared when none are named: the bundled SFVR and vanilla demo models.
+pub fn bundled_pair() -> Vec<PathBuf> {
+    let models = assets_dir().join("models");
+    let pair = [models.join("sfvr"), models.join("vanilla")];
+    if pair.iter().all(|d| d.join("config.json").is_file()) {
+        pair.to_vec()
+    } else {
+        vec![default_model_dir()]
+    }
 }
 
 pub fn device(choice: DeviceChoice) -> anyhow::Result<ChosenDevice> {

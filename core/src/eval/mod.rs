@@ -1,0 +1,7 @@
+//! Evaluation: image metrics, token statistics, rFID, and the `sftok eval` report.
+
+pub mod metrics;
+pub mod plot;
+pub mod report;
+
+pub use report::{EvalOptions, EvalReport, FidFeatures, evaluate};

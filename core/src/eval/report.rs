@@ -1,0 +1,395 @@
+//! `sftok eval`: every model at every step count over a folder of images, with the teacher's own
+//! reconstruction as the reference. The result is one [`EvalReport`], written as Markdown, JSON
+//! (`results[<model dir as given>][<steps>]`) and a plot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use image::RgbImage;
+use image::imageops::FilterType;
+use serde::Serialize;
+
+use crate::checkpoint::LoadedModel;
+use crate::config::AssignmentMode;
+use crate::data::ImageFolder;
+use crate::error::{Result, SftokError};
+use crate::eval::metrics::{CodeHistogram, accuracy, psnr, ssim};
+use crate::image_io::{center_crop_resize, images_to_tensor, load_rgb, tensor_to_images};
+use crate::reconstruct::{ReconstructOptions, generate, rows_i64};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Step counts T to decode with.
+    pub steps: Vec<usize>,
+    /// Resolution at which the metrics are computed; `None`: each model's own image size.
+    pub size: Option<u32>,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// OptVQ assignment (per image by default, so that a result does not depend on batch-mates).
+    pub assignment: AssignmentMode,
+    /// Evaluate at most this many images (in sorted order).
+    pub limit: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            steps: vec![1, 2, 4, 8, 16],
+            size: None,
+            batch_size: 8,
+            assignment: AssignmentMode::SinkhornPerImage,
+            limit: None,
+        }
+    }
+}
+
+/// Figures of one model at one step count (means over the images).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    pub psnr: f64,
+    pub ssim: f64,
+    /// Fraction of proxy codes equal to the teacher's codes of the same image.
+    pub proxy_accuracy: Option<f64>,
+    /// Of the OptVQ codebook, over all latent tokens of the evaluated images.
+    pub codebook_utilisation: f64,
+    pub codebook_perplexity: f64,
+    /// Frechet Inception distance of the reconstructions to the originals, when available.
+    pub rfid: Option<f64>,
+}
+
+/// The teacher's own reconstruction (encode, decode): the reference a model is measured against.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeacherMetrics {
+    pub psnr: f64,
+    pub ssim: f64,
+    pub codebook_utilisation: f64,
+    pub codebook_perplexity: f64,
+    pub rfid: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub data: PathBuf,
+    pub images: usize,
+    /// Files that could not be read, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    pub steps: Vec<usize>,
+    /// `results[<model dir as given>][<steps>]`.
+    pub results: BTreeMap<String, BTreeMap<String, StepMetrics>>,
+    /// The teacher of each model, keyed like `results`.
+    pub teacher: BTreeMap<String, TeacherMetrics>,
+    /// "on", or why rFID was not computed.
+    pub rfid: String,
+    /// Model labels in the order given (JSON maps are sorted; tables and plots keep this order).
+    pub order: Vec<String>,
+}
+
+/// Feature extractor and statistics for rFID; implemented over the FID Inception network.
+pub trait FidFeatures {
+    /// Distance between the feature statistics of `reference` and `candidate` image sets.
+    fn distance(&self, reference: &[RgbImage], candidate: &[RgbImage]) -> Result<f64>;
+}
+
+/// Progress of an evaluation: `(done, total)` units of work.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
+
+/// Loads the evaluation images: centre crop, resized to `size`. Unreadable files are skipped.
+pub fn load_eval_images(
+    data: &Path,
+    limit: Option<usize>,
+) -> Result<(Vec<(PathBuf, RgbImage)>, Vec<(PathBuf, String)>)> {
+    let folder = ImageFolder::scan(data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let mut images = Vec::new();
+    let mut skipped = Vec::new();
+    for path in folder.paths() {
+        if limit.is_some_and(|l| images.len() >= l) {
+            break;
+        }
+        match load_rgb(path) {
+            Ok(image) => images.push((path.clone(), image)),
+            Err(e) => skipped.push((path.clone(), e.to_string())),
+        }
+    }
+    if images.is_empty() {
+        return Err(SftokError::Other(format!(
+            "no readable image in {} ({} skipped); eval needs at least one JPEG, PNG, WebP or BMP",
+            data.display(),
+            skipped.len()
+        )));
+    }
+    Ok((images, skipped))
+}
+
+/// Evaluates `models` (label, loaded model) on the images of `data`.
+pub fn evaluate(
+    models: &[(String, LoadedModel)],
+    data: &Path,
+    opts: &EvalOptions,
+    fid: Option<&dyn FidFeatures>,
+    rfid_status: &str,
+    device: &Device,
+    progress: Progress,
+) -> Result<EvalReport> {
+    if opts.steps.is_empty() || opts.steps.contains(&0) {
+        return Err(SftokError::Other(
+            "--steps needs step counts of at least 1, e.g. 1,2,4,8".into(),
+        ));
+    }
+    let (images, skipped) = load_eval_images(data, opts.limit)?;
+    let batch = opts.batch_size.max(1);
+    let batches = images.len().div_ceil(batch);
+    let total = models.len() * batches * (opts.steps.len() + 1);
+    let mut done = 0;
+    let mut report = EvalReport {
+        data: data.to_path_buf(),
+        images: images.len(),
+        skipped,
+        steps: opts.steps.clone(),
+        results: BTreeMap::new(),
+        teacher: BTreeMap::new(),
+        rfid: rfid_status.to_string(),
+        order: models.iter().map(|(l, _)| l.clone()).collect(),
+    };
+
+    for (label, loaded) in models {
+        let model_size = loaded.config.image_size as u32;
+        let metric_size = opts.size.unwrap_or(model_size);
+        let references: Vec<RgbImage> = images
+            .iter()
+            .map(|(_, im)| center_crop_resize(im, metric_size).0)
+            .collect();
+        let to_metric = |im: RgbImage| {
+            if metric_size == model_size {
+                im
+            } else {
+                image::imageops::resize(&im, metric_size, metric_size, FilterType::CatmullRom)
+            }
+        };
+        let mut latent_use = CodeHistogram::new(loaded.config.quantizer.codebook_size);
+        let mut teacher_use = CodeHistogram::new(loaded.config.vqgan.num_embeddings);
+        let mut recons: Vec<Vec<RgbImage>> = vec![Vec::new(); opts.steps.len()];
+        let mut accuracies: Vec<Vec<f64>> = vec![Vec::new(); opts.steps.len()];
+        let mut teacher_recons = Vec::new();
+
+        for (b, chunk) in images.chunks(batch).enumerate() {
+            let inputs: Vec<RgbImage> = chunk
+                .iter()
+                .map(|(_, im)| center_crop_resize(im, model_size).0)
+                .collect();
+            let pixels = images_to_tensor(&inputs, device);
+            let quantized = loaded.model.encode(pixels.clone(), opts.assignment);
+            for row in rows_i64(quantized.indices.clone()) {
+                latent_use.add(&row);
+            }
+            let zq = loaded.model.quantize.codebook_entries(quantized.indices);
+            let teacher_ids = loaded.teacher.as_ref().map(|t| {
+                let codes = t.encode(pixels.clone());
+                teacher_recons.extend(
+                    tensor_to_images(t.decode(codes.clone()))
+                        .into_iter()
+                        .map(to_metric),
+                );
+                rows_i64(codes)
+            });
+            if let Some(ids) = &teacher_ids {
+                for row in ids {
+                    teacher_use.add(row);
+                }
+            }
+            done += 1;
+            progress(
+                done,
+                total,
+                &format!("{label}: batch {}/{batches} teacher", b + 1),
+            );
+            for (k, &steps) in opts.steps.iter().enumerate() {
+                let options = ReconstructOptions {
+                    steps,
+                    assignment: opts.assignment,
+                    step_images: false,
+                    keep_logits: false,
+                    ..ReconstructOptions::default()
+                };
+                let trace = generate(&loaded.model, zq.clone(), &options);
+                if let Some(truth) = &teacher_ids {
+                    for (pred, t) in trace.final_ids.iter().zip(truth) {
+                        accuracies[k].push(accuracy(pred, t));
+                    }
+                }
+                recons[k].extend(tensor_to_images(trace.pixels).into_iter().map(to_metric));
+                done += 1;
+                progress(
+                    done,
+                    total,
+                    &format!("{label}: batch {}/{batches}, T={steps}", b + 1),
+                );
+            }
+        }
+        let latent = latent_use.usage();
+        let mut per_steps = BTreeMap::new();
+        for (k, &steps) in opts.steps.iter().enumerate() {
+            let rfid = match fid {
+                Some(f) => Some(f.distance(&references, &recons[k])?),
+                None => None,
+            };
+            per_steps.insert(
+                steps.to_string(),
+                StepMetrics {
+                    psnr: mean_pairwise(&references, &recons[k], psnr),
+                    ssim: mean_pairwise(&references, &recons[k], ssim),
+                    proxy_accuracy: (!accuracies[k].is_empty())
+                        .then(|| accuracies[k].iter().sum::<f64>() / accuracies[k].len() as f64),
+                    codebook_utilisation: latent.utilisation,
+                    codebook_perplexity: latent.perplexity,
+                    rfid,
+                },
+            );
+        }
+        report.results.insert(label.clone(), per_steps);
+        if !teacher_recons.is_empty() {
+            let used = teacher_use.usage();
+            let rfid = match fid {
+                Some(f) => Some(f.distance(&references, &teacher_recons)?),
+                None => None,
+            };
+            report.teacher.insert(
+                label.clone(),
+                TeacherMetrics {
+                    psnr: mean_pairwise(&references, &teacher_recons, psnr),
+                    ssim: mean_pairwise(&references, &teacher_recons, ssim),
+                    codebook_utilisation: used.utilisation,
+                    codebook_perplexity: used.perplexity,
+                    rfid,
+                },
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// Mean of a pairwise metric; PSNR of identical pairs (infinite) is capped at 100 dB so that one
+/// perfect image does not make the mean infinite.
+fn mean_pairwise(a: &[RgbImage], b: &[RgbImage], metric: fn(&RgbImage, &RgbImage) -> f64) -> f64 {
+    let values: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| metric(x, y).min(100.0))
+        .collect();
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+impl EvalReport {
+    /// The table: one row per model and step count, then the teacher rows.
+    pub fn markdown(&self) -> String {
+        let fid = self.rfid == "on";
+        let mut s = format!(
+            "Evaluated on {} images of `{}`{}.\n\n| model | steps | PSNR (dB) | SSIM | proxy acc. | codebook use | perplexity |{}\n|---|---|---|---|---|---|---|{}\n",
+            self.images,
+            self.data.display(),
+            if self.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} unreadable files skipped)", self.skipped.len())
+            },
+            if fid { " rFID |" } else { "" },
+            if fid { "---|" } else { "" },
+        );
+        for label in &self.order {
+            let Some(rows) = self.results.get(label) else {
+                continue;
+            };
+            for steps in &self.steps {
+                let Some(m) = rows.get(&steps.to_string()) else {
+                    continue;
+                };
+                s += &format!(
+                    "| {label} | {steps} | {:.2} | {:.4} | {} | {:.3} | {:.1} |{}\n",
+                    m.psnr,
+                    m.ssim,
+                    m.proxy_accuracy.map_or("-".into(), |a| format!("{:.3}", a)),
+                    m.codebook_utilisation,
+                    m.codebook_perplexity,
+                    fmt_fid(fid, m.rfid),
+                );
+            }
+        }
+        for label in &self.order {
+            if let Some(t) = self.teacher.get(label) {
+                s += &format!(
+                    "| teacher of {label} | - | {:.2} | {:.4} | - | {:.3} | {:.1} |{}\n",
+                    t.psnr,
+                    t.ssim,
+                    t.codebook_utilisation,
+                    t.codebook_perplexity,
+                    fmt_fid(fid, t.rfid),
+                );
+            }
+        }
+        if !fid {
+            s += &format!("\nrFID: {}\n", self.rfid);
+        }
+        s
+    }
+}
+
+fn fmt_fid(on: bool, v: Option<f64>) -> String {
+    if !on {
+        String::new()
+    } else {
+        format!(" {} |", v.map_or("-".into(), |v| format!("{v:.2}")))
+    }
+}
+
+impl EvalReport {
+    /// PSNR and SSIM against steps, one line per model, each model's teacher dashed in its colour.
+    pub fn plot(&self) -> image::RgbImage {
+        use crate::eval::plot::{PALETTE, Panel, Series, render};
+        let ticks: Vec<f64> = self.steps.iter().map(|&s| s as f64).collect();
+        let (first, last) = (
+            ticks.iter().copied().fold(f64::INFINITY, f64::min),
+            ticks.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+        let panel = |title: &str,
+                     decimals: usize,
+                     pick: fn(&StepMetrics) -> f64,
+                     teacher: fn(&TeacherMetrics) -> f64| {
+            let mut series = Vec::new();
+            for (i, label) in self.order.iter().enumerate() {
+                let colour = PALETTE[i % PALETTE.len()];
+                if let Some(rows) = self.results.get(label) {
+                    series.push(Series {
+                        label: label.clone(),
+                        points: self
+                            .steps
+                            .iter()
+                            .filter_map(|s| rows.get(&s.to_string()).map(|m| (*s as f64, pick(m))))
+                            .collect(),
+                        dashed: false,
+                        colour,
+                    });
+                }
+                if let Some(t) = self.teacher.get(label) {
+                    series.push(Series {
+                        label: format!("teacher of {label}"),
+                        points: vec![(first, teacher(t)), (last, teacher(t))],
+                        dashed: true,
+                        colour,
+                    });
+                }
+            }
+            Panel {
+                title: title.into(),
+                x_label: "decoding steps".into(),
+                x_ticks: ticks.clone(),
+                series,
+                y_decimals: decimals,
+            }
+        };
+        render(&[
+            panel("PSNR (dB)", 2, |m| m.psnr, |t| t.psnr),
+            panel("SSIM", 3, |m| m.ssim, |t| t.ssim),
+        ])
+    }
+}

@@ -1,0 +1,176 @@
+//! End-to-end tests of `sftok eval` and of the bundled model assets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use image::RgbImage;
+
+fn sftok() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sftok"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sftok-eval-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// PSNR written out here from its definition, independently of the crate's.
+fn psnr_by_hand(a: &RgbImage, b: &RgbImage) -> f64 {
+    let n = a.as_raw().len() as f64;
+    let mse: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / n;
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// `eval` over three images against a second route to the same numbers: `sftok reconstruct` writes
+/// each reconstruction into its strip, the test cuts it out and measures it against the centre
+/// crop of the original.
+#[test]
+fn eval_figures_match_an_independent_computation() {
+    let dir = temp_dir("figures");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let names = ["astronaut.png", "chelsea.png", "coffee.png"];
+    for name in names {
+        std::fs::copy(repo().join("assets/samples").join(name), data.join(name)).unwrap();
+    }
+    let model = repo().join("assets/models/default");
+    let json = dir.join("eval.json");
+    let table = run_ok(
+        sftok()
+            .args(["eval", "--device", "cpu", "--steps", "1,4", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json")
+            .arg(&json),
+    );
+    assert!(table.contains("| steps | PSNR (dB) | SSIM |"), "{table}");
+    assert!(dir.join("eval.png").is_file(), "the plot is written");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = &report["results"][model.display().to_string()];
+    let size = 64u32; // the default model's image size
+
+    for steps in [1u32, 4] {
+        let mut psnrs = Vec::new();
+        let mut ssims = Vec::new();
+        for name in names {
+            let strip_path = dir.join(format!("{name}-{steps}.png"));
+            run_ok(
+                sftok()
+                    .args(["reconstruct", "--device", "cpu", "--model"])
+                    .arg(&model)
+                    .args(["--steps", &steps.to_string(), "--out"])
+                    .arg(&strip_path)
+                    .arg(data.join(name)),
+            );
+            let strip = image::open(&strip_path).unwrap().to_rgb8();
+            let original = image::imageops::crop_imm(&strip, 0, 0, size, size).to_image();
+            let last = steps * (size + 2);
+            let recon = image::imageops::crop_imm(&strip, last, 0, size, size).to_image();
+            psnrs.push(psnr_by_hand(&original, &recon));
+            ssims.push(sftok_core::eval::metrics::ssim(&original, &recon));
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let got = &results[steps.to_string()];
+        let (psnr, ssim) = (got["psnr"].as_f64().unwrap(), got["ssim"].as_f64().unwrap());
+        assert!(
+            (psnr - mean(&psnrs)).abs() < 0.02,
+            "T={steps}: {psnr} vs {psnrs:?}"
+        );
+        assert!(
+            (ssim - mean(&ssims)).abs() < 1e-3,
+            "T={steps}: {ssim} vs {ssims:?}"
+        );
+        let acc = got["proxy_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    assert!(report["teacher"][model.display().to_string()]["psnr"].is_number());
+    assert!(
+        report["rfid"].as_str().unwrap().contains("--inception"),
+        "without Inception weights, eval says how to get rFID"
+    );
+}
+
+#[test]
+fn eval_of_an_empty_folder_says_what_is_wrong() {
+    let dir = temp_dir("empty");
+    let out = sftok()
+        .args(["eval", "--device", "cpu", "--model"])
+        .arg(repo().join("assets/models/default"))
+        .arg("--data")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("error:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+/// A model directory whose files are damaged or missing gets a message that names the file.
+#[test]
+fn a_damaged_or_missing_asset_is_a_clear_error() {
+    let dir = temp_dir("damaged");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "teacher.safetensors"] {
+        std::fs::copy(repo().join("assets/models/default").join(f), model.join(f)).unwrap();
+    }
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    std::fs::write(
+        model.join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let reconstruct = |model: &Path| {
+        sftok()
+            .args(["reconstruct", "--device", "cpu", "--model"])
+            .arg(model)
+            .arg("--out")
+            .arg(dir.join("x.png"))
+            .arg(repo().join("assets/samples/rocket.png"))
+            .output()
+            .unwrap()
+    };
+    let out = reconstruct(&model);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("model.safetensors") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(model.join("config.json")).unwrap();
+    let out = reconstruct(&model);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config.json") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
