@@ -1,12 +1,15 @@
-//! `sftok`: the SFTok Studio command line.
-
-mod cli;
+//! `sftok`: the SFTok Studio desktop app (no subcommand) and command line.
 
 use clap::Parser;
+use sftok_app::cli;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    match cli::run(args) {
+    let result = match args.command {
+        Some(command) => cli::run(command),
+        None => sftok_app::gui::run(),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

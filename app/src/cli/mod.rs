@@ -4,7 +4,7 @@ mod eval;
 mod fid;
 mod import;
 mod reconstruct;
-mod train;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -15,11 +15,12 @@ use sftok_core::{ChosenDevice, DeviceChoice};
 #[command(
     name = "sftok",
     version,
-    about = "SFTok Studio: a discrete image tokenizer you can watch work"
+    about = "SFTok Studio: a discrete image tokenizer you can watch work",
+    long_about = "SFTok Studio: a discrete image tokenizer you can watch work.\n\nWithout a subcommand, opens the desktop app."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,18 +29,28 @@ pub enum Command {
     Reconstruct(reconstruct::Args),
     /// Convert official SFTok weights (pytorch_model.bin or .safetensors) into a model directory.
     Import(import::Args),
+    /// Open the desktop app (the same as no subcommand), optionally on a given view.
+    App(AppArgs),
     /// Evaluate models at several step counts: PSNR, SSIM, proxy-code accuracy, codebook use, rFID.
     Eval(eval::Args),
     /// Train a stage: teacher, stage1 (warm-up), stage2 (SFVR or --vanilla), stage3 (decoder fine-tuning).
     Train(train::Args),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// The view to open: reconstruct, compare or train (default: the last one used).
+    #[arg(long)]
+    pub view: Option<crate::gui::settings::View>,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::App(args) => crate::gui::run_with(args.view),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `sftok train {teacher|stage1|stage2|stage3}`: a progress bar over the library trainer;
 //! Ctrl-C stops cleanly after writing a checkpoint.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -83,6 +84,33 @@ pub struct Args {
     /// auto, cpu or wgpu.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+}
+
+impl Args {
+    /// What `sftok train <stage> --data <data> --out <out>` means: every other option at its
+    /// command-line default. The app's Train view starts from this and sets what its form shows,
+    /// so the CLI and the app build a run's configuration the same way ([`config_from_args`]).
+    pub fn with_defaults(stage: StageKind, data: &Path, out: &Path) -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        #[command(no_binary_name = true)]
+        struct Train {
+            #[command(flatten)]
+            args: Args,
+        }
+        let with_value = |flag: &str, path: &Path| {
+            let mut arg = OsString::from(flag);
+            arg.push(path);
+            arg
+        };
+        let argv = [
+            OsString::from(stage.to_string()),
+            with_value("--data=", data),
+            with_value("--out=", out),
+        ];
+        Ok(<Train as clap::Parser>::try_parse_from(argv)
+            .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?
+            .args)
+    }
 }
 
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {

@@ -1,5 +1,7 @@
 //! Evaluation: image metrics, token statistics, rFID, and the `sftok eval` report.
 
+pub mod frechet;
+pub mod inception;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -1,0 +1,427 @@
+//! The app state and its frame: top bar, gallery, the current view, messages.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sftok_core::DeviceChoice;
+
+use super::gallery::{Gallery, is_image_path, sample_paths};
+use super::model_worker::{ModelCommand, ModelEvent, ModelInfo, ModelWorker, Slot, TraceKey};
+use super::settings::{STORAGE_KEY, Settings, View};
+use super::textures::TraceCache;
+use super::training::{TrainingOutcome, TrainingPanel};
+
+/// Scrubber state shared by the reconstruct and compare views.
+pub struct Scrubber {
+    /// 0 = before the first step, T = done.
+    pub step: usize,
+    pub playing: bool,
+    pub last_advance: Instant,
+}
+
+impl Default for Scrubber {
+    fn default() -> Self {
+        Scrubber {
+            step: 8,
+            playing: false,
+            last_advance: Instant::now(),
+        }
+    }
+}
+
+/// Edits to the latent tokens of the selected image (the token editor).
+#[derive(Default)]
+pub struct TokenEdit {
+    /// The token being edited and the code typed for it.
+    pub selected: Option<usize>,
+    pub new_code: i64,
+    /// The latent ids in force per image (absent: the encoder's).
+    pub edited: std::collections::HashMap<u64, Vec<i64>>,
+}
+
+#[derive(Default)]
+pub struct ModelSlot {
+    pub info: Option<ModelInfo>,
+    pub loading: Option<PathBuf>,
+}
+
+pub struct StudioApp {
+    pub settings: Settings,
+    pub gallery: Gallery,
+    pub worker: ModelWorker,
+    pub traces: TraceCache,
+    pub slots: [ModelSlot; 2],
+    pub scrub: Scrubber,
+    pub edit: TokenEdit,
+    pub training: TrainingPanel,
+    /// Messages for the user (errors say what to do), newest last.
+    pub messages: Vec<String>,
+    pub device: String,
+    pub gpu_grid: bool,
+    close_dialog: bool,
+    /// Close the window once the training has stopped.
+    quit_when_idle: bool,
+    announced_first_trace: bool,
+    assets: PathBuf,
+}
+
+impl StudioApp {
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let settings: Settings = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+            .unwrap_or_default();
+        let gpu_grid = match &cc.wgpu_render_state {
+            Some(rs) => {
+                super::gpu_grid::install(rs);
+                true
+            }
+            None => false,
+        };
+        let mut app = Self::with_settings(&cc.egui_ctx, settings, crate::cli::assets_dir());
+        app.gpu_grid = gpu_grid;
+        app
+    }
+
+    /// The app without a window (tests drive it through egui_kittest).
+    pub fn with_settings(ctx: &egui::Context, settings: Settings, assets: PathBuf) -> Self {
+        let worker = ModelWorker::spawn(DeviceChoice::Auto, ctx.clone());
+        let training = TrainingPanel::new(settings.train.clone());
+        let mut app = StudioApp {
+            settings,
+            gallery: Gallery::default(),
+            worker,
+            traces: TraceCache::default(),
+            slots: [ModelSlot::default(), ModelSlot::default()],
+            scrub: Scrubber::default(),
+            edit: TokenEdit::default(),
+            training,
+            messages: Vec::new(),
+            device: "starting...".into(),
+            gpu_grid: false,
+            close_dialog: false,
+            quit_when_idle: false,
+            announced_first_trace: false,
+            assets,
+        };
+        app.scrub.step = app.settings.steps;
+        // Models: the last ones used, else the bundled SFVR and vanilla pair.
+        let bundled = bundled_models(&app.assets);
+        let a = app
+            .settings
+            .model_a
+            .clone()
+            .filter(|d| d.is_dir())
+            .unwrap_or(bundled.0);
+        let b = app
+            .settings
+            .model_b
+            .clone()
+            .filter(|d| d.is_dir())
+            .unwrap_or(bundled.1);
+        app.load_model(Slot::A, a);
+        app.load_model(Slot::B, b);
+        // Images: those open last time, else the samples.
+        let previous: Vec<PathBuf> = app
+            .settings
+            .images
+            .iter()
+            .filter(|p| p.is_file())
+            .cloned()
+            .collect();
+        let images = if previous.is_empty() {
+            sample_paths(&app.assets)
+        } else {
+            previous
+        };
+        app.gallery.open(images, ctx);
+        app
+    }
+
+    pub fn slot(&self, slot: Slot) -> &ModelSlot {
+        &self.slots[slot as usize]
+    }
+
+    pub fn load_model(&mut self, slot: Slot, dir: PathBuf) {
+        self.slots[slot as usize].loading = Some(dir.clone());
+        self.traces.clear_slot(slot);
+        self.worker.send(ModelCommand::Load { slot, dir });
+    }
+
+    /// The trace key of the selected image at the current T (with its edited tokens, if any).
+    pub fn current_key(&self, image_id: u64) -> TraceKey {
+        TraceKey {
+            image_id,
+            steps: self.settings.steps,
+            latent_override: self.edit.edited.get(&image_id).cloned(),
+        }
+    }
+
+    /// Asks the worker for a trace unless it is cached or on its way.
+    pub fn request_trace(&mut self, slot: Slot, key: &TraceKey) {
+        if self.slot(slot).info.is_none() {
+            return;
+        }
+        let Some(image) = self.gallery.get(key.image_id) else {
+            return;
+        };
+        if self.traces.mark_pending(slot, key) {
+            self.worker.send(ModelCommand::Reconstruct {
+                slot,
+                key: key.clone(),
+                image: image.image.clone(),
+            });
+        }
+    }
+
+    fn handle_model_events(&mut self) {
+        for event in self.worker.poll() {
+            match event {
+                ModelEvent::DeviceReady(d) => self.device = d,
+                ModelEvent::DeviceFailed(e) => {
+                    self.device = "none".into();
+                    self.messages.push(format!("No device for the models: {e}"));
+                }
+                ModelEvent::Loaded { slot, info } => {
+                    let s = &mut self.slots[slot as usize];
+                    s.loading = None;
+                    match slot {
+                        Slot::A => self.settings.model_a = Some(info.dir.clone()),
+                        Slot::B => self.settings.model_b = Some(info.dir.clone()),
+                    }
+                    eprintln!(
+                        "sftok: model {} loaded from {}",
+                        slot.name(),
+                        info.dir.display()
+                    );
+                    s.info = Some(info);
+                    self.traces.clear_slot(slot);
+                }
+                ModelEvent::LoadFailed { slot, dir, message } => {
+                    self.slots[slot as usize].loading = None;
+                    self.messages.push(format!(
+                        "Model {} could not be loaded from {}: {message}. Choose a model directory (config.json + model.safetensors) made by `sftok import` or `sftok train`.",
+                        slot.name(),
+                        dir.display()
+                    ));
+                }
+                ModelEvent::Trace { slot, key, trace } => {
+                    if !self.announced_first_trace {
+                        // The window test waits for this line before its screenshot.
+                        eprintln!("sftok: first reconstruction ready");
+                        self.announced_first_trace = true;
+                    }
+                    self.traces.insert(slot, key, *trace);
+                }
+                ModelEvent::TraceFailed { slot, key, message } => {
+                    self.messages
+                        .push(format!("Reconstruction failed: {message}"));
+                    self.traces.fail(slot, key, message);
+                }
+            }
+        }
+    }
+
+    fn handle_dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        let mut files = Vec::new();
+        for path in dropped {
+            if path.is_dir() {
+                if let Err(e) = self.gallery.open_folder(&path, ctx) {
+                    self.messages.push(e);
+                }
+            } else if is_image_path(&path) {
+                files.push(path);
+            } else {
+                self.messages.push(format!(
+                    "{} is not an image this app reads (JPEG, PNG, WebP or BMP)",
+                    path.display()
+                ));
+            }
+        }
+        self.gallery.open(files, ctx);
+    }
+
+    /// Opens `tuned` beside `base` in the compare view.
+    pub fn show_comparison(&mut self, base: PathBuf, tuned: PathBuf) {
+        self.load_model(Slot::A, base);
+        self.load_model(Slot::B, tuned);
+        self.settings.view = View::Compare;
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal_wrapped(|ui| {
+            ui.heading("SFTok Studio");
+            ui.separator();
+            for (view, label) in [
+                (View::Reconstruct, "Reconstruct"),
+                (View::Compare, "Compare"),
+                (View::Train, "Train"),
+            ] {
+                ui.selectable_value(&mut self.settings.view, view, label);
+            }
+            ui.separator();
+            if ui.button("Open images...").clicked() {
+                let mut dialog = rfd::FileDialog::new()
+                    .add_filter("images", &["png", "jpg", "jpeg", "webp", "bmp"]);
+                if let Some(dir) = &self.settings.last_image_dir {
+                    dialog = dialog.set_directory(dir);
+                }
+                if let Some(files) = dialog.pick_files() {
+                    self.settings.last_image_dir = files
+                        .first()
+                        .and_then(|f| f.parent())
+                        .map(Path::to_path_buf);
+                    self.gallery.open(files, ui.ctx());
+                }
+            }
+            if ui.button("Open folder...").clicked()
+                && let Some(dir) = rfd::FileDialog::new().pick_folder()
+            {
+                self.settings.last_image_dir = Some(dir.clone());
+                if let Err(e) = self.gallery.open_folder(&dir, ui.ctx()) {
+                    self.messages.push(e);
+                }
+            }
+            if ui.button("Add samples").clicked() {
+                self.gallery.open(sample_paths(&self.assets), ui.ctx());
+            }
+            ui.separator();
+            ui.label(format!("device: {}", self.device));
+        });
+    }
+
+    fn messages_ui(&mut self, ui: &mut egui::Ui) {
+        let mut dismiss = None;
+        for (i, m) in self.messages.iter().enumerate().rev().take(3) {
+            ui.horizontal(|ui| {
+                ui.colored_label(ui.visuals().warn_fg_color, m);
+                if ui.small_button("Dismiss").clicked() {
+                    dismiss = Some(i);
+                }
+            });
+        }
+        if let Some(i) = dismiss {
+            self.messages.remove(i);
+        }
+    }
+
+    fn close_dialog_ui(&mut self, ui: &mut egui::Ui) {
+        if !self.close_dialog {
+            return;
+        }
+        egui::Window::new("A training is running")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ui.ctx(), |ui| {
+                ui.label("Closing the window stops the training after it writes a checkpoint; resume it later from the Train view or with `sftok train ... --resume`.");
+                ui.horizontal(|ui| {
+                    if ui.button("Stop with a checkpoint and quit").clicked() {
+                        self.training.request_stop();
+                        self.close_dialog = false;
+                        // Closing resumes in `logic` once the run has ended.
+                        self.quit_when_idle = true;
+                    }
+                    if ui.button("Keep training").clicked() {
+                        self.close_dialog = false;
+                    }
+                });
+            });
+    }
+}
+
+impl eframe::App for StudioApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.handle_model_events();
+        for e in self.gallery.poll() {
+            self.messages.push(e);
+        }
+        self.handle_dropped_files(ctx);
+        for outcome in self.training.poll(ctx) {
+            match outcome {
+                TrainingOutcome::FineTuned { base, tuned } => self.show_comparison(base, tuned),
+                TrainingOutcome::RunEnded { model_dir, stopped } => self.messages.push(format!(
+                    "Training {}; its model is in {} (load it into A or B to look at it).",
+                    if stopped { "stopped" } else { "finished" },
+                    model_dir.display()
+                )),
+            }
+        }
+        if let Some(e) = self.training.take_error() {
+            self.messages.push(e);
+        }
+        // Never lose a running training to a closed window.
+        if ctx.input(|i| i.viewport().close_requested()) && self.training.is_running() {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.close_dialog = true;
+        }
+        if self.quit_when_idle {
+            if self.training.is_running() {
+                ctx.request_repaint_after(Duration::from_millis(200));
+            } else {
+                self.quit_when_idle = false;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        }
+        // Playback of the scrubber.
+        if self.scrub.playing {
+            let period = Duration::from_millis(600);
+            if self.scrub.last_advance.elapsed() >= period {
+                self.scrub.last_advance = Instant::now();
+                if self.scrub.step >= self.settings.steps {
+                    self.scrub.step = 0;
+                } else {
+                    self.scrub.step += 1;
+                }
+            }
+            ctx.request_repaint_after(period);
+        }
+        self.settings.train = self.training.settings();
+        self.settings.images = self.gallery.paths();
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
+        if !self.messages.is_empty() {
+            egui::Panel::bottom("messages").show(ui, |ui| self.messages_ui(ui));
+        }
+        egui::Panel::left("gallery")
+            .resizable(true)
+            .default_size(190.0)
+            .show(ui, |ui| {
+                ui.strong("Images");
+                self.gallery.ui(ui);
+            });
+        egui::CentralPanel::default().show(ui, |ui| match self.settings.view {
+            View::Reconstruct => super::scrub::view_ui(self, ui),
+            View::Compare => super::compare::view_ui(self, ui),
+            View::Train => {
+                let paths = self.gallery.paths();
+                self.training.ui(ui, &paths);
+            }
+        });
+        self.close_dialog_ui(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.settings);
+    }
+}
+
+/// The bundled SFVR and vanilla models, or the small default model for both when they are absent.
+pub fn bundled_models(assets: &Path) -> (PathBuf, PathBuf) {
+    let models = assets.join("models");
+    let (sfvr, vanilla) = (models.join("sfvr"), models.join("vanilla"));
+    if sfvr.join("config.json").is_file() && vanilla.join("config.json").is_file() {
+        (sfvr, vanilla)
+    } else {
+        (models.join("default"), models.join("default"))
+    }
+}

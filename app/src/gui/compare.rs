@@ -1,0 +1,113 @@
+//! The compare view: two models (by default the bundled SFVR and vanilla) on the same image with
+//! one scrubber, their PSNR curves on one plot, and the difference of their images at the step.
+
+use egui::TextureOptions;
+
+use super::app::StudioApp;
+use super::gallery::rgb_to_color_image;
+use super::model_worker::Slot;
+use super::scrub::{image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace};
+use super::trace_data::difference_image;
+
+/// Gain of the difference image: the models' images differ by a few levels.
+const DIFF_GAIN: f32 = 4.0;
+
+pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
+    model_picker_ui(app, ui, Slot::A, "A");
+    model_picker_ui(app, ui, Slot::B, "B");
+    ui.separator();
+    let Some(image_id) = app.gallery.selected else {
+        ui.label("Open an image (or add the samples) to compare the models on it.");
+        return;
+    };
+    let key = app.current_key(image_id);
+    for slot in Slot::BOTH {
+        app.request_trace(slot, &key);
+    }
+    scrubber_ui(app, ui);
+    ui.separator();
+    let step = app.scrub.step.min(app.settings.steps);
+    let ctx = ui.ctx().clone();
+
+    let mut shown = Vec::new();
+    ui.horizontal(|ui| {
+        for slot in Slot::BOTH {
+            ui.vertical(|ui| {
+                let Some(cached) = app.traces.get_mut(slot, &key) else {
+                    ui.label(format!("Model {}", slot.name()));
+                    status_of_trace(app, ui, slot, &key);
+                    return;
+                };
+                let textures = cached.textures(&ctx);
+                let (original, steps) = (textures.original.clone(), textures.steps.clone());
+                let data = &cached.data;
+                match step {
+                    0 => {
+                        ui.label(format!(
+                            "{}: step 0 (all masked); the original:",
+                            slot.name()
+                        ));
+                        image_ui(ui, &original);
+                    }
+                    k => {
+                        ui.label(format!(
+                            "{}: step {k}, {:.2} dB",
+                            slot.name(),
+                            data.steps[k - 1].psnr_db
+                        ));
+                        image_ui(ui, &steps[k - 1]);
+                    }
+                }
+                shown.push((slot, data.clone()));
+            });
+        }
+        if let [(_, a), (_, b)] = shown.as_slice()
+            && step > 0
+            && a.original.dimensions() == b.original.dimensions()
+        {
+            ui.vertical(|ui| {
+                ui.label(format!("|A - B| x{DIFF_GAIN}"));
+                let diff = difference_image(
+                    &a.steps[step - 1].image,
+                    &b.steps[step - 1].image,
+                    DIFF_GAIN,
+                );
+                // One texture per (image, T, step), kept in egui's memory so scrubbing back is free.
+                let id = egui::Id::unique(("diff", key.clone(), step));
+                let texture = ctx
+                    .data(|d| d.get_temp::<egui::TextureHandle>(id))
+                    .unwrap_or_else(|| {
+                        let t = ctx.load_texture(
+                            "diff",
+                            rgb_to_color_image(&diff),
+                            TextureOptions::NEAREST,
+                        );
+                        ctx.data_mut(|d| d.insert_temp(id, t.clone()));
+                        t
+                    });
+                image_ui(ui, &texture);
+            });
+        }
+    });
+    ui.separator();
+    let curves: Vec<(String, Vec<[f64; 2]>)> = shown
+        .iter()
+        .map(|(slot, d)| (slot.name().to_string(), d.psnr_curve()))
+        .collect();
+    let series: Vec<(&str, &Vec<[f64; 2]>)> = curves.iter().map(|(n, c)| (n.as_str(), c)).collect();
+    let teacher = shown.iter().find_map(|(_, d)| d.teacher_psnr_db);
+    ui.horizontal(|ui| {
+        psnr_plot_ui(ui, "psnr-compare", &series, step, teacher);
+        ui.vertical(|ui| {
+            for (slot, d) in &shown {
+                if let Some(acc) = d.proxy_accuracy() {
+                    ui.label(format!(
+                        "{}: {:.1}% of the proxy codes equal the teacher's",
+                        slot.name(),
+                        100.0 * acc
+                    ));
+                }
+            }
+        });
+    });
+}

@@ -1,0 +1,69 @@
+//! The desktop app (eframe/egui 0.37): open images, scrub through the decoding steps, compare two
+//! checkpoints, train and fine-tune.
+//!
+//! Layout of the code: [`app::StudioApp`] owns the persisted [`settings::Settings`], the
+//! [`gallery::Gallery`], the [`model_worker::ModelWorker`] (a thread that owns the device and the
+//! models) and the [`training::TrainingPanel`] (a thread per run). Views are functions over the app
+//! state (`scrub`, `compare`); traces come back from the worker as plain host data
+//! ([`trace_data::TraceData`]) and become textures once, so scrubbing is instant.
+
+pub mod app;
+pub mod compare;
+pub mod gallery;
+pub mod gpu_grid;
+pub mod model_worker;
+pub mod scrub;
+pub mod settings;
+pub mod textures;
+pub mod token_grid;
+pub mod trace_data;
+pub mod training;
+
+pub use app::StudioApp;
+
+/// Opens the window. The wgpu renderer is the default; `SFTOK_RENDERER=glow` picks OpenGL, and if
+/// wgpu cannot start (no Vulkan/GL driver) the app retries with glow.
+pub fn run() -> anyhow::Result<()> {
+    run_with(None)
+}
+
+/// Opens the window on `view` (or the last view used).
+pub fn run_with(view: Option<settings::View>) -> anyhow::Result<()> {
+    let wants_glow = std::env::var("SFTOK_RENDERER").is_ok_and(|r| r.eq_ignore_ascii_case("glow"));
+    let first = if wants_glow {
+        eframe::Renderer::Glow
+    } else {
+        eframe::Renderer::Wgpu
+    };
+    match launch(first, view) {
+        Ok(()) => Ok(()),
+        Err(e) if first == eframe::Renderer::Wgpu => {
+            eprintln!("the wgpu renderer could not start ({e}); trying OpenGL");
+            launch(eframe::Renderer::Glow, view).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Err(e) => Err(anyhow::anyhow!("the window could not be opened: {e}")),
+    }
+}
+
+fn launch(renderer: eframe::Renderer, view: Option<settings::View>) -> eframe::Result {
+    let options = eframe::NativeOptions {
+        renderer,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("SFTok Studio")
+            .with_inner_size([1280.0, 820.0])
+            .with_min_inner_size([720.0, 480.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "SFTok Studio",
+        options,
+        Box::new(move |cc| {
+            let mut app = StudioApp::new(cc);
+            if let Some(view) = view {
+                app.settings.view = view;
+            }
+            Ok(Box::new(app))
+        }),
+    )
+}

@@ -1,0 +1,448 @@
+//! The reconstruct view: original | current step | teacher, a scrubber over steps 0..T, the
+//! proxy-code grid, the confidence heatmap, PSNR per step, and the latent tokens (editable).
+
+use egui::{Color32, RichText, Sense, Stroke, TextureHandle, Vec2, pos2, vec2};
+use egui_plot::{Line, Plot, PlotPoints, Points, VLine};
+
+use super::app::StudioApp;
+use super::model_worker::{Slot, TraceKey};
+use super::token_grid::{GridCells, cell_at, cell_rect, paint_grid};
+use super::trace_data::CodeState;
+
+/// Displayed side of the model's images (they are small; drawn magnified, pixel-exact).
+pub const IMAGE_SIDE: f32 = 224.0;
+
+pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
+    model_picker_ui(app, ui, Slot::A, "Model");
+    ui.separator();
+    let Some(image_id) = app.gallery.selected else {
+        ui.label("Open an image (or add the samples) to reconstruct it.");
+        return;
+    };
+    let key = app.current_key(image_id);
+    app.request_trace(Slot::A, &key);
+    scrubber_ui(app, ui);
+    ui.separator();
+    let ctx = ui.ctx().clone();
+    let step = app.scrub.step.min(app.settings.steps);
+    let heatmap = app.settings.show_heatmap;
+    let gpu = app.gpu_grid;
+    let crop_texture = crop_preview(app, image_id, &ctx);
+    let Some(cached) = app.traces.get_mut(Slot::A, &key) else {
+        status_of_trace(app, ui, Slot::A, &key);
+        return;
+    };
+    let textures = cached.textures(&ctx);
+    let (original, steps, teacher) = (
+        textures.original.clone(),
+        textures.steps.clone(),
+        textures.teacher.clone(),
+    );
+    let data = cached.data.clone();
+
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.label("Original (model input)");
+            image_ui(ui, &original);
+            if let Some((tex, crop)) = &crop_texture {
+                crop_overlay_ui(ui, tex, *crop);
+            }
+        });
+        ui.vertical(|ui| {
+            ui.label(if step == 0 {
+                "Step 0: every proxy code masked".to_string()
+            } else {
+                format!(
+                    "Step {step}/{}: {:.2} dB",
+                    data.num_steps(),
+                    data.steps[step - 1].psnr_db
+                )
+            });
+            let response = match step {
+                0 => blank_ui(ui),
+                k => image_ui(ui, &steps[k - 1]),
+            };
+            if heatmap && step > 0 {
+                let s = &data.steps[step - 1];
+                let cells = GridCells {
+                    grid: data.grid,
+                    states: &s.states,
+                    confidences: &s.confidences,
+                };
+                if !(gpu
+                    && super::gpu_grid::paint_grid_gpu(ui.painter(), response.rect, &cells, true))
+                {
+                    paint_grid(ui.painter(), response.rect, &cells, true);
+                }
+            }
+            ui.checkbox(&mut app.settings.show_heatmap, "Confidence heatmap");
+        });
+        ui.vertical(|ui| match (&teacher, data.teacher_psnr_db) {
+            (Some(t), Some(p)) => {
+                ui.label(format!("Teacher: {p:.2} dB"));
+                image_ui(ui, t);
+            }
+            _ => {
+                ui.label("Teacher: not in this model directory");
+            }
+        });
+    });
+    ui.separator();
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.label("Proxy codes");
+            grid_ui(ui, &data, step, gpu);
+            legend_ui(ui);
+        });
+        ui.vertical(|ui| {
+            ui.label("PSNR per step");
+            psnr_plot_ui(
+                ui,
+                "psnr-a",
+                &[("A", &data.psnr_curve())],
+                step,
+                data.teacher_psnr_db,
+            );
+            if let Some(acc) = data.proxy_accuracy() {
+                ui.label(format!(
+                    "proxy codes equal to the teacher's after the last step: {:.1}%",
+                    100.0 * acc
+                ));
+            }
+        });
+    });
+    ui.separator();
+    latent_strip_ui(app, ui, image_id, &data.latent_ids, data.latent_codebook);
+}
+
+/// Shows a model slot and a button to load another model directory into it.
+pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label: &str) {
+    ui.horizontal(|ui| {
+        ui.strong(format!("{label}:"));
+        let s = app.slot(slot);
+        match (&s.loading, &s.info) {
+            (Some(dir), _) => {
+                ui.spinner();
+                ui.label(format!("loading {}", dir.display()));
+            }
+            (None, Some(info)) => {
+                ui.label(info.dir.display().to_string())
+                    .on_hover_text(format!(
+                        "{} model, {} px, {} latent tokens, {}x{} proxy codes, teacher: {}",
+                        info.name,
+                        info.image_size,
+                        info.latent_tokens,
+                        info.grid,
+                        info.grid,
+                        if info.has_teacher { "yes" } else { "no" }
+                    ));
+            }
+            (None, None) => {
+                ui.label("no model");
+            }
+        }
+        if ui
+            .button(format!("Load model into {}...", slot.name()))
+            .clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
+        {
+            app.load_model(slot, dir);
+        }
+    });
+}
+
+/// T, the step slider, play/pause and step buttons.
+pub fn scrubber_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        ui.label("Steps T:");
+        let before = app.settings.steps;
+        egui::ComboBox::from_id_salt("steps-t")
+            .selected_text(app.settings.steps.to_string())
+            .show_ui(ui, |ui| {
+                for t in [1, 2, 4, 8, 12, 16, 24, 32] {
+                    ui.selectable_value(&mut app.settings.steps, t, t.to_string());
+                }
+            });
+        if app.settings.steps != before {
+            app.scrub.step = app.settings.steps;
+        }
+        let t = app.settings.steps;
+        if ui.button("|<").on_hover_text("First step").clicked() {
+            app.scrub.step = 0;
+        }
+        if ui.button("<").on_hover_text("Previous step").clicked() {
+            app.scrub.step = app.scrub.step.saturating_sub(1);
+        }
+        let play = if app.scrub.playing { "Pause" } else { "Play" };
+        if ui.button(play).clicked() {
+            app.scrub.playing = !app.scrub.playing;
+            app.scrub.last_advance = std::time::Instant::now();
+        }
+        if ui.button(">").on_hover_text("Next step").clicked() {
+            app.scrub.step = (app.scrub.step + 1).min(t);
+        }
+        if ui.button(">|").on_hover_text("Last step").clicked() {
+            app.scrub.step = t;
+        }
+        app.scrub.step = app.scrub.step.min(t);
+        ui.add(egui::Slider::new(&mut app.scrub.step, 0..=t).text("step"));
+    });
+}
+
+/// A spinner or the error for a trace that is not there yet.
+pub fn status_of_trace(app: &StudioApp, ui: &mut egui::Ui, slot: Slot, key: &TraceKey) {
+    if let Some(e) = app.traces.failure(slot, key) {
+        ui.colored_label(ui.visuals().error_fg_color, e);
+    } else if app.slot(slot).info.is_none() {
+        ui.label(format!("Load a model into {} to reconstruct.", slot.name()));
+    } else {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("reconstructing in {} steps...", key.steps));
+        });
+    }
+}
+
+pub fn image_ui(ui: &mut egui::Ui, texture: &TextureHandle) -> egui::Response {
+    ui.add(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(IMAGE_SIDE)))
+}
+
+fn blank_ui(ui: &mut egui::Ui) -> egui::Response {
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(IMAGE_SIDE), Sense::hover());
+    ui.painter().rect_filled(rect, 0.0, Color32::from_gray(40));
+    ui.painter().text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "nothing decoded yet",
+        egui::FontId::proportional(14.0),
+        Color32::from_gray(160),
+    );
+    response
+}
+
+/// The full original with the square that the model sees outlined.
+fn crop_overlay_ui(ui: &mut egui::Ui, texture: &TextureHandle, crop: [u32; 4]) {
+    let [w, h] = texture.size();
+    let scale = 120.0 / w.max(h) as f32;
+    let response = ui
+        .add(egui::Image::new(texture).fit_to_exact_size(vec2(w as f32 * scale, h as f32 * scale)));
+    let r = response.rect;
+    let crop_rect = egui::Rect::from_min_size(
+        pos2(
+            r.min.x + crop[0] as f32 * scale,
+            r.min.y + crop[1] as f32 * scale,
+        ),
+        vec2(crop[2] as f32 * scale, crop[3] as f32 * scale),
+    );
+    ui.painter().rect_stroke(
+        crop_rect,
+        0.0,
+        Stroke::new(2.0, Color32::from_rgb(255, 196, 0)),
+        egui::StrokeKind::Inside,
+    );
+    response.on_hover_text("the whole image; the outlined square is what the model sees");
+}
+
+/// The original image as a texture and its centre crop (cached in egui's memory per image).
+fn crop_preview(
+    app: &StudioApp,
+    image_id: u64,
+    ctx: &egui::Context,
+) -> Option<(TextureHandle, [u32; 4])> {
+    let im = app.gallery.get(image_id)?;
+    let id = egui::Id::unique(("crop-preview", image_id));
+    if let Some(v) = ctx.data(|d| d.get_temp::<(TextureHandle, [u32; 4])>(id)) {
+        return Some(v);
+    }
+    let (w, h) = im.image.dimensions();
+    let short = w.min(h);
+    let crop = [(w - short) / 2, (h - short) / 2, short, short];
+    let scale = 240.0 / w.max(h) as f32;
+    let small = image::imageops::thumbnail(
+        &im.image,
+        ((w as f32 * scale) as u32).max(1),
+        ((h as f32 * scale) as u32).max(1),
+    );
+    let tex = ctx.load_texture(
+        format!("full-{image_id}"),
+        super::gallery::rgb_to_color_image(&small),
+        egui::TextureOptions::LINEAR,
+    );
+    // The crop is in the original's pixels; the overlay scales by the texture's size.
+    let k = small.width() as f32 / w as f32;
+    let crop_small = crop.map(|v| (v as f32 * k).round() as u32);
+    ctx.data_mut(|d| d.insert_temp(id, (tex.clone(), crop_small)));
+    Some((tex, crop_small))
+}
+
+/// The grid of proxy codes at `step`, with a tooltip per cell.
+fn grid_ui(ui: &mut egui::Ui, data: &super::trace_data::TraceData, step: usize, gpu: bool) {
+    let side = 200.0;
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(side), Sense::hover());
+    let states = data.states_at(step);
+    let confidences = if step == 0 {
+        vec![0.0; states.len()]
+    } else {
+        data.steps[step - 1].confidences.clone()
+    };
+    let cells = GridCells {
+        grid: data.grid,
+        states: &states,
+        confidences: &confidences,
+    };
+    if !(gpu && super::gpu_grid::paint_grid_gpu(ui.painter(), rect, &cells, false)) {
+        paint_grid(ui.painter(), rect, &cells, false);
+    }
+    if let Some(pos) = response.hover_pos()
+        && let Some(i) = cell_at(rect, data.grid, pos)
+    {
+        ui.painter().rect_stroke(
+            cell_rect(rect, data.grid, i),
+            0.0,
+            Stroke::new(2.0, Color32::WHITE),
+            egui::StrokeKind::Inside,
+        );
+        let (row, col) = (i / data.grid, i % data.grid);
+        let text = if step == 0 || states[i] == CodeState::Masked {
+            format!("position {i} (row {row}, col {col}): masked")
+        } else {
+            let s = &data.steps[step - 1];
+            let conf = s.confidences[i];
+            format!(
+                "position {i} (row {row}, col {col}): code {}{}, {}",
+                s.ids[i],
+                if conf.is_finite() {
+                    format!(", confidence (logit) {conf:.2}")
+                } else {
+                    String::new()
+                },
+                if states[i] == CodeState::RevealedNow {
+                    "revealed at this step"
+                } else {
+                    "revealed before"
+                }
+            )
+        };
+        response.on_hover_text(text);
+    }
+    if step > 0 {
+        ui.label(format!(
+            "{} revealed at this step, {} masked",
+            data.steps[step - 1].revealed_now,
+            states.iter().filter(|s| **s == CodeState::Masked).count()
+        ));
+    }
+}
+
+fn legend_ui(ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        for (colour, label) in [
+            (super::token_grid::MASKED, "masked"),
+            (super::token_grid::REVEALED_NOW, "revealed now"),
+            (super::token_grid::REVEALED_BEFORE, "revealed before"),
+        ] {
+            let (rect, _) = ui.allocate_exact_size(vec2(12.0, 12.0), Sense::hover());
+            ui.painter().rect_filled(rect, 2.0, colour);
+            ui.label(label);
+        }
+    });
+}
+
+/// PSNR against steps, one line per series, the current step marked.
+pub fn psnr_plot_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    series: &[(&str, &Vec<[f64; 2]>)],
+    step: usize,
+    teacher_db: Option<f64>,
+) {
+    Plot::new(id.to_string())
+        .width(360.0)
+        .height(200.0)
+        .x_axis_label("step")
+        .y_axis_label("PSNR (dB)")
+        .legend(egui_plot::Legend::default())
+        .allow_scroll(false)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .show(ui, |plot| {
+            for (name, points) in series {
+                plot.line(Line::new(
+                    name.to_string(),
+                    PlotPoints::from((*points).clone()),
+                ));
+                plot.points(
+                    Points::new(
+                        format!("{name} points"),
+                        PlotPoints::from((*points).clone()),
+                    )
+                    .radius(3.0),
+                );
+            }
+            if let Some(t) = teacher_db {
+                plot.line(
+                    Line::new(
+                        "teacher",
+                        PlotPoints::from(vec![[1.0, t], [series_len(series) as f64, t]]),
+                    )
+                    .style(egui_plot::LineStyle::dashed_loose()),
+                );
+            }
+            if step > 0 {
+                plot.vline(VLine::new("current step", step as f64));
+            }
+        });
+}
+
+fn series_len(series: &[(&str, &Vec<[f64; 2]>)]) -> usize {
+    series
+        .iter()
+        .map(|(_, p)| p.len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The 1-D latent tokens as a strip of ids; click one to give it another code.
+fn latent_strip_ui(
+    app: &mut StudioApp,
+    ui: &mut egui::Ui,
+    image_id: u64,
+    latent_ids: &[i64],
+    codebook: usize,
+) {
+    ui.horizontal(|ui| {
+        ui.strong("Latent tokens");
+        ui.label("(click one to edit its code)");
+        if app.edit.edited.contains_key(&image_id) && ui.button("Reset edits").clicked() {
+            app.edit.edited.remove(&image_id);
+            app.edit.selected = None;
+        }
+    });
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing = vec2(2.0, 2.0);
+        for (i, id) in latent_ids.iter().enumerate() {
+            let selected = app.edit.selected == Some(i);
+            let response = ui
+                .add(
+                    egui::Button::new(RichText::new(id.to_string()).monospace()).selected(selected),
+                )
+                .on_hover_text(format!("latent token {i}: code {id}"));
+            if response.clicked() {
+                app.edit.selected = Some(i);
+                app.edit.new_code = *id;
+            }
+        }
+    });
+    if let Some(i) = app.edit.selected.filter(|&i| i < latent_ids.len()) {
+        ui.horizontal(|ui| {
+            ui.label(format!("token {i}: code"));
+            ui.add(egui::DragValue::new(&mut app.edit.new_code).range(0..=codebook as i64 - 1));
+            if ui.button("Apply edit").clicked() {
+                let mut ids = latent_ids.to_vec();
+                ids[i] = app.edit.new_code;
+                app.edit.edited.insert(image_id, ids);
+            }
+        });
+    }
+}

@@ -1,0 +1,151 @@
+//! A reconstruction trace on the host, in the form the views draw: per step the decoder's current
+//! image, which proxy codes are masked / revealed now / revealed before, their confidences and the
+//! PSNR against the original. Built once per (model, image, T) by the model worker; the UI only
+//! reads it, so scrubbing never touches the device.
+
+use image::RgbImage;
+use sftok_core::image_io::{psnr, tensor_to_images};
+use sftok_core::reconstruct::Trace;
+
+/// State of one proxy-code position after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeState {
+    Masked,
+    /// Committed at this step.
+    RevealedNow,
+    /// Committed at an earlier step.
+    RevealedBefore,
+}
+
+/// One step of the trace (step k = 1..=T).
+#[derive(Debug, Clone)]
+pub struct StepData {
+    /// What the pixel head makes of this step's logits, 8-bit.
+    pub image: RgbImage,
+    pub states: Vec<CodeState>,
+    /// Confidence of each position's sampled id (`+inf` where it was already known).
+    pub confidences: Vec<f32>,
+    /// Ids after the step (the mask id where still masked).
+    pub ids: Vec<i64>,
+    pub revealed_now: usize,
+    pub psnr_db: f64,
+}
+
+/// A whole trace for one image.
+#[derive(Debug, Clone)]
+pub struct TraceData {
+    /// The model's input: the centre crop, resized.
+    pub original: RgbImage,
+    pub steps: Vec<StepData>,
+    /// The teacher's own reconstruction of the input.
+    pub teacher: Option<RgbImage>,
+    pub teacher_psnr_db: Option<f64>,
+    /// The teacher's codes of the input (to compare the committed ids with).
+    pub teacher_ids: Option<Vec<i64>>,
+    /// The 1-D latent tokens' OptVQ ids.
+    pub latent_ids: Vec<i64>,
+    /// Side of the proxy-code grid.
+    pub grid: usize,
+    pub mask_id: i64,
+    /// Size of the OptVQ codebook (the range a latent token can be edited in).
+    pub latent_codebook: usize,
+}
+
+impl TraceData {
+    /// Converts image 0 of a core trace (which must have been made with `step_images`).
+    pub fn from_trace(
+        trace: &Trace,
+        original: RgbImage,
+        grid: usize,
+        mask_id: i64,
+        latent_codebook: usize,
+    ) -> Self {
+        let mut steps = Vec::with_capacity(trace.steps.len());
+        let mut committed_before = vec![false; grid * grid];
+        for step in &trace.steps {
+            let image = step
+                .image
+                .clone()
+                .map(|t| tensor_to_images(t).remove(0))
+                .unwrap_or_else(|| RgbImage::new(original.width(), original.height()));
+            let kept = &step.kept[0];
+            let states: Vec<CodeState> = kept
+                .iter()
+                .zip(&committed_before)
+                .map(|(&k, &before)| match (k, before) {
+                    (_, true) => CodeState::RevealedBefore,
+                    (true, false) => CodeState::RevealedNow,
+                    (false, false) => CodeState::Masked,
+                })
+                .collect();
+            let revealed_now = states
+                .iter()
+                .filter(|s| **s == CodeState::RevealedNow)
+                .count();
+            for (c, &k) in committed_before.iter_mut().zip(kept) {
+                *c |= k;
+            }
+            steps.push(StepData {
+                psnr_db: psnr(&original, &image),
+                image,
+                states,
+                confidences: step.confidences[0].clone(),
+                ids: step.output_ids[0].clone(),
+                revealed_now,
+            });
+        }
+        let teacher = trace
+            .teacher_reconstruction
+            .clone()
+            .map(|t| tensor_to_images(t).remove(0));
+        TraceData {
+            teacher_psnr_db: teacher.as_ref().map(|t| psnr(&original, t)),
+            teacher,
+            teacher_ids: trace.teacher_ids.as_ref().map(|ids| ids[0].clone()),
+            latent_ids: trace.latent_ids.first().cloned().unwrap_or_default(),
+            original,
+            steps,
+            grid,
+            mask_id,
+            latent_codebook,
+        }
+    }
+
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Code states after `step` (0: before any step, all masked).
+    pub fn states_at(&self, step: usize) -> Vec<CodeState> {
+        match step {
+            0 => vec![CodeState::Masked; self.grid * self.grid],
+            k => self.steps[k.min(self.steps.len()) - 1].states.clone(),
+        }
+    }
+
+    /// PSNR per step, `(step, dB)` for steps 1..=T.
+    pub fn psnr_curve(&self) -> Vec<[f64; 2]> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| [(i + 1) as f64, s.psnr_db.min(100.0)])
+            .collect()
+    }
+
+    /// Fraction of committed proxy codes equal to the teacher's after the last step.
+    pub fn proxy_accuracy(&self) -> Option<f64> {
+        let truth = self.teacher_ids.as_ref()?;
+        let last = self.steps.last()?;
+        Some(sftok_core::eval::metrics::accuracy(&last.ids, truth))
+    }
+}
+
+/// `|a - b|` per channel, scaled by `gain` (differences are small; 4x makes them visible).
+pub fn difference_image(a: &RgbImage, b: &RgbImage, gain: f32) -> RgbImage {
+    RgbImage::from_fn(a.width(), a.height(), |x, y| {
+        let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+        image::Rgb(std::array::from_fn(|c| {
+            ((p[c] as f32 - q[c] as f32).abs() * gain).min(255.0) as u8
+        }))
+    })
+}

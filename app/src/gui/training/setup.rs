@@ -1,0 +1,369 @@
+//! Turning the Train view's settings into a run configuration (through the CLI's own
+//! [`config_from_args`], so both build runs the same way), checking the folders first with
+//! messages that say what to do, and preparing one-click fine-tunes.
+
+use std::path::{Path, PathBuf};
+
+use sftok_core::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE};
+use sftok_core::train::run_dir::RunDir;
+use sftok_core::train::{StageKind, TrainConfig};
+
+use super::TrainSettings;
+use crate::cli::train::{Args, config_from_args};
+
+/// Length of the one-click fine-tune.
+pub const FINETUNE_STEPS: u64 = 50;
+
+/// Rewords the trainer's command-line vocabulary for the app.
+pub fn gui_words(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        (
+            "pass --resume to continue it, or choose another --out",
+            "press Resume to continue it, or choose another run folder",
+        ),
+        ("pass --teacher", "choose a Teacher"),
+        ("pass --init", "choose a Starting checkpoint"),
+        ("--teacher", "the Teacher"),
+        ("--init", "the Starting checkpoint"),
+        ("--out", "the run folder"),
+        (" (--lr)", ""),
+    ];
+    WORDS
+        .iter()
+        .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
+}
+
+fn has_teacher(path: &Path) -> bool {
+    path.join(TEACHER_FILE).is_file() || path.join("model").join(TEACHER_FILE).is_file()
+}
+
+fn has_model(path: &Path) -> bool {
+    path.join(MODEL_FILE).is_file() || path.join("model").join(MODEL_FILE).is_file()
+}
+
+fn check_folder(path: &Path, what: &str) -> Result<(), String> {
+    if path.is_dir() {
+        Ok(())
+    } else if path.exists() {
+        Err(format!("the {what} {} is not a folder", path.display()))
+    } else {
+        Err(format!(
+            "the {what} {} does not exist (moved or deleted?): choose it again",
+            path.display()
+        ))
+    }
+}
+
+fn check_teacher(path: &Path) -> Result<(), String> {
+    check_folder(path, "teacher")?;
+    if has_teacher(path) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} holds no teacher ({TEACHER_FILE}): choose a teacher run (made by the `teacher` stage) or a model folder that includes its teacher",
+            path.display()
+        ))
+    }
+}
+
+fn check_init(path: &Path, stage: StageKind) -> Result<(), String> {
+    check_folder(path, "starting checkpoint")?;
+    let ok = if stage == StageKind::Teacher {
+        has_teacher(path)
+    } else {
+        has_model(path)
+    };
+    if ok {
+        return Ok(());
+    }
+    let wanted = match stage {
+        StageKind::Teacher => format!("a teacher run or a model folder with {TEACHER_FILE}"),
+        StageKind::Stage1 => format!("a stage-1 run or a model folder with {MODEL_FILE}"),
+        StageKind::Stage2 => format!("the stage-1 run (or a model folder with {MODEL_FILE})"),
+        StageKind::Stage3 => format!("the stage-2 run (or a model folder with {MODEL_FILE})"),
+    };
+    Err(format!(
+        "{} cannot start {stage}: choose {wanted} as the Starting checkpoint",
+        path.display()
+    ))
+}
+
+/// The configuration of a new run from the view's settings, after checking the folders.
+pub fn config_from_settings(s: &TrainSettings, run_dir: &Path) -> Result<TrainConfig, String> {
+    let data = s
+        .data
+        .as_deref()
+        .ok_or("choose a data folder (the images to train on) first")?;
+    check_folder(data, "data folder")?;
+    if let Some(teacher) = &s.teacher {
+        check_teacher(teacher)?;
+    }
+    if let Some(init) = &s.init {
+        check_init(init, s.stage)?;
+    }
+    match s.stage {
+        StageKind::Stage1 if s.teacher.is_none() => {
+            return Err(
+                "stage 1 learns the teacher's codes: choose a Teacher (a teacher run, or an imported official teacher)"
+                    .into(),
+            );
+        }
+        StageKind::Stage2 | StageKind::Stage3 if s.init.is_none() => {
+            return Err(format!(
+                "{} continues the previous stage: choose its run (stage {}) as the Starting checkpoint",
+                s.stage,
+                if s.stage == StageKind::Stage2 { 1 } else { 2 }
+            ));
+        }
+        StageKind::Stage2
+            if s.teacher.is_none() && s.init.as_deref().is_some_and(|i| !has_teacher(i)) =>
+        {
+            return Err(
+                "stage 2 needs the teacher's codes and the Starting checkpoint carries no teacher: choose a Teacher too"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    let mut args = Args::with_defaults(s.stage, data, run_dir).map_err(|e| format!("{e:#}"))?;
+    args.preset = s.preset.clone();
+    args.teacher = s.teacher.clone();
+    args.init = s.init.clone();
+    args.vanilla = s.vanilla;
+    args.replace_prob = s.replace_prob;
+    args.steps = s.steps.max(1);
+    args.batch_size = s.batch_size.max(1);
+    args.log_every = s.log_every.max(1);
+    args.preview_every = s.preview_every;
+    args.checkpoint_every = s.checkpoint_every.max(1);
+    args.no_gan = s.no_gan;
+    config_from_args(&args).map_err(|e| gui_words(&format!("{e:#}")))
+}
+
+/// The configuration to resume the run in `run_dir` with: its own, at least `steps` long (the
+/// trainer keeps a resumed run's configuration; only its length may grow).
+pub fn resume_config(run_dir: &Path, steps: u64) -> Result<TrainConfig, String> {
+    let run = RunDir::new(run_dir);
+    if run.latest_checkpoint().is_none() {
+        return Err(format!(
+            "{} holds no checkpoint to resume from: press Start to begin a run there",
+            run_dir.display()
+        ));
+    }
+    let path = run.config_path();
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read {} ({e}): {} is not a run folder made by training",
+            path.display(),
+            run_dir.display()
+        )
+    })?;
+    let mut config: TrainConfig = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a run configuration ({e}); was it written by another version of SFTok Studio?",
+            path.display()
+        )
+    })?;
+    config.steps = config.steps.max(steps);
+    Ok(config)
+}
+
+/// Refuses to start a new run over one that has checkpoints.
+pub fn check_new_run_dir(run_dir: &Path) -> Result<(), String> {
+    if let Some((step, _)) = RunDir::new(run_dir).latest_checkpoint() {
+        return Err(format!(
+            "{} already holds a run (checkpoint at step {step}): press Resume to continue it, or choose another run folder",
+            run_dir.display()
+        ));
+    }
+    if run_dir.exists() && !run_dir.is_dir() {
+        return Err(format!(
+            "the run folder {} is a file: choose a folder",
+            run_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Where the app keeps its runs and fine-tunes: the platform's per-user data folder.
+pub fn app_data_dir() -> PathBuf {
+    let env_dir = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(d) = env_dir("XDG_DATA_HOME") {
+        return d.join("sftok-studio");
+    }
+    if cfg!(windows)
+        && let Some(d) = env_dir("APPDATA")
+    {
+        return d.join("sftok-studio");
+    }
+    if let Some(home) = env_dir("HOME") {
+        return if cfg!(target_os = "macos") {
+            home.join("Library/Application Support/sftok-studio")
+        } else {
+            home.join(".local/share/sftok-studio")
+        };
+    }
+    std::env::temp_dir().join("sftok-studio")
+}
+
+/// A folder under `parent` named `stem`, not yet existing (a `-2`, `-3`... suffix if needed).
+fn unused_dir(parent: &Path, stem: &str) -> PathBuf {
+    let first = parent.join(stem);
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|i| parent.join(format!("{stem}-{i}")))
+        .find(|p| !p.exists())
+        .expect("some suffix is free")
+}
+
+/// A new run folder for the settings when none was chosen.
+pub fn default_run_dir(s: &TrainSettings) -> PathBuf {
+    let stem = match s.stage {
+        StageKind::Teacher | StageKind::Stage1 => {
+            format!("{}-{}-{}", s.stage, s.preset, timestamp())
+        }
+        _ => format!("{}-{}", s.stage, timestamp()),
+    };
+    unused_dir(&app_data_dir().join("runs"), &stem)
+}
+
+/// The run folder of a fine-tune of `base`: `<data dir>/finetunes/<base name>-finetune-<time>`
+/// (never beside the base model, which may be a read-only bundled asset; the temporary folder if
+/// the data folder cannot be created).
+pub fn finetune_run_dir(base: &Path) -> PathBuf {
+    let parent = app_data_dir().join("finetunes");
+    if std::fs::create_dir_all(&parent).is_ok() {
+        finetune_run_dir_in(&parent, base)
+    } else {
+        finetune_run_dir_in(&std::env::temp_dir().join("sftok-studio-finetunes"), base)
+    }
+}
+
+/// A new fine-tune run folder for `base` under `parent`.
+pub fn finetune_run_dir_in(parent: &Path, base: &Path) -> PathBuf {
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    unused_dir(parent, &format!("{name}-finetune-{}", timestamp()))
+}
+
+/// Checks that `base` is a model folder a fine-tune can start from.
+pub fn check_finetune_base(base: &Path) -> Result<(), String> {
+    check_folder(base, "model")?;
+    for file in [CONFIG_FILE, MODEL_FILE] {
+        if !base.join(file).is_file() {
+            return Err(format!(
+                "{} is not a model folder ({file} is missing): choose a folder with {CONFIG_FILE} and {MODEL_FILE}, such as a run's model/ folder",
+                base.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Puts the images into `data` (hard links where possible, else copies), numbered so that equal
+/// names from different folders do not collide. Returns how many were placed.
+pub fn gather_images(images: &[PathBuf], data: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(data)
+        .map_err(|e| format!("cannot create the folder {} ({e})", data.display()))?;
+    let mut placed = 0;
+    let mut missing = Vec::new();
+    for (i, src) in images.iter().enumerate() {
+        if !src.is_file() {
+            missing.push(src.display().to_string());
+            continue;
+        }
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let dst = data.join(format!("{i:04}-{name}"));
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).map_err(|e| {
+                format!(
+                    "cannot copy {} into {} ({e})",
+                    src.display(),
+                    data.display()
+                )
+            })?;
+        }
+        placed += 1;
+    }
+    if placed == 0 {
+        return Err(if missing.is_empty() {
+            "the gallery is empty: add the images to fine-tune on first".into()
+        } else {
+            format!(
+                "none of the gallery's images exist on disk any more ({}): add them again",
+                missing.join(", ")
+            )
+        });
+    }
+    Ok(placed)
+}
+
+/// The fine-tune's run: stage 3 (decoder fine-tuning, encoder and quantizer frozen) from `base`
+/// on `<run>/data`, short, with a small warm-up and no adversarial loss (too short to help).
+pub fn finetune_config(
+    base: &Path,
+    run_dir: &Path,
+    images: usize,
+    steps: u64,
+) -> Result<TrainConfig, String> {
+    let data = run_dir.join("data");
+    let mut args =
+        Args::with_defaults(StageKind::Stage3, &data, run_dir).map_err(|e| format!("{e:#}"))?;
+    args.init = Some(base.to_path_buf());
+    // The teacher only travels along, so that the tuned model folder is complete.
+    args.teacher = has_teacher(base).then(|| base.to_path_buf());
+    args.steps = steps.max(1);
+    args.batch_size = images.clamp(1, 8);
+    args.warmup = Some((steps / 10).clamp(1, 5));
+    args.no_gan = true;
+    args.log_every = 1;
+    args.preview_every = (steps / 5).max(1);
+    args.checkpoint_every = steps.max(1);
+    args.keep_checkpoints = 1;
+    config_from_args(&args).map_err(|e| gui_words(&format!("{e:#}")))
+}
+
+/// The UTC time as `YYYYMMDD-HHMMSS`.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format_utc(secs)
+}
+
+pub fn format_utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}

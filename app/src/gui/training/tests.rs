@@ -1,0 +1,518 @@
+//! Tests of the Train view's logic: settings to configuration, run folders, the worker with a
+//! real (tiny) training, stop / resume, following a run, the fine-tune and the error paths.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sftok_core::train::StageKind;
+use sftok_core::train::masking::Stage2Inputs;
+use sftok_core::train::run_dir::RunDir;
+use sftok_core::{DeviceChoice, SftokConfig};
+
+use super::setup::{
+    check_finetune_base, check_new_run_dir, config_from_settings, finetune_config, gather_images,
+    gui_words, resume_config, timestamp,
+};
+use super::*;
+use crate::cli::train::Args;
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/samples");
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/models/default");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sftok-gui-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sample_images(n: usize) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(SAMPLES)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    all.sort();
+    assert!(
+        all.len() >= n,
+        "the sample images are missing from {SAMPLES}"
+    );
+    all.truncate(n);
+    all
+}
+
+/// A data folder holding `n` sample images.
+fn data_folder(tag: &str, n: usize) -> PathBuf {
+    let dir = temp_dir(tag).join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    for src in sample_images(n) {
+        std::fs::copy(&src, dir.join(src.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Polls until `done` holds (or fails the test after `limit`), collecting outcomes.
+fn poll_until(
+    panel: &mut TrainingPanel,
+    ctx: &egui::Context,
+    limit: Duration,
+    outcomes: &mut Vec<TrainingOutcome>,
+    mut done: impl FnMut(&TrainingPanel) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        outcomes.extend(panel.poll(ctx));
+        if done(panel) {
+            return;
+        }
+        if let Some(e) = panel.take_error() {
+            panic!("unexpected error: {e}");
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out; status: {}",
+            panel.live.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn default_settings_are_the_command_lines() {
+    let s = TrainSettings::default();
+    let args = Args::with_defaults(StageKind::Teacher, Path::new("d"), Path::new("o")).unwrap();
+    assert_eq!(s.preset, args.preset);
+    assert_eq!(s.steps, args.steps);
+    assert_eq!(s.batch_size, args.batch_size);
+    assert_eq!(s.replace_prob, args.replace_prob);
+    assert_eq!(s.vanilla, args.vanilla);
+    assert_eq!(s.log_every, args.log_every);
+    assert_eq!(s.preview_every, args.preview_every);
+    assert_eq!(s.checkpoint_every, args.checkpoint_every);
+    assert_eq!(s.no_gan, args.no_gan);
+    assert_eq!(args.data, Path::new("d"));
+    assert_eq!(args.out, Path::new("o"));
+    // A path that looks like a flag is still a path.
+    let args = Args::with_defaults(StageKind::Stage3, Path::new("-x"), Path::new("--y")).unwrap();
+    assert_eq!(args.data, Path::new("-x"));
+    assert_eq!(args.stage, StageKind::Stage3);
+}
+
+#[test]
+fn settings_survive_serde_and_old_files() {
+    let s = TrainSettings {
+        stage: StageKind::Stage2,
+        vanilla: true,
+        data: Some("/data".into()),
+        followed: Some("/runs/a".into()),
+        ..TrainSettings::default()
+    };
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(text.contains("\"stage2\""), "{text}");
+    let back: TrainSettings = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, s);
+    // A partial (older) settings file: the rest takes the defaults.
+    let partial: TrainSettings = serde_json::from_str(r#"{"stage":"stage1","steps":5}"#).unwrap();
+    assert_eq!(partial.stage, StageKind::Stage1);
+    assert_eq!(partial.steps, 5);
+    assert_eq!(partial.batch_size, 8);
+    // Nonsense is repaired by the panel.
+    let panel = TrainingPanel::new(TrainSettings {
+        preset: "huge".into(),
+        steps: 0,
+        batch_size: 0,
+        replace_prob: 7.0,
+        followed: Some("/no/such/run".into()),
+        ..TrainSettings::default()
+    });
+    let s = panel.settings();
+    assert_eq!((s.preset.as_str(), s.steps, s.batch_size), ("tiny", 1, 1));
+    assert_eq!(s.replace_prob, 1.0);
+    assert_eq!(s.followed, None);
+}
+
+#[test]
+fn configurations_from_settings() {
+    let data = data_folder("config", 1);
+    let run = temp_dir("config-run");
+    let base = PathBuf::from(DEFAULT_MODEL);
+    let base_config = SftokConfig::from_file(&base.join("config.json")).unwrap();
+
+    let mut s = TrainSettings {
+        stage: StageKind::Teacher,
+        preset: "demo".into(),
+        steps: 40,
+        batch_size: 3,
+        ..TrainSettings::default()
+    };
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("data folder"), "{e}");
+    s.data = Some(data.join("missing"));
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    s.data = Some(data.clone());
+    let c = config_from_settings(&s, &run).unwrap();
+    assert_eq!(c.stage, StageKind::Teacher);
+    assert_eq!(c.model, SftokConfig::demo());
+    assert_eq!(
+        (c.steps, c.batch_size, c.data.as_path()),
+        (40, 3, data.as_path())
+    );
+    assert_eq!(c.gan.start_step, 20);
+    s.no_gan = true;
+    assert_eq!(
+        config_from_settings(&s, &run).unwrap().gan.start_step,
+        u64::MAX
+    );
+
+    // Stage 1 needs a teacher, and takes its code grid.
+    s.stage = StageKind::Stage1;
+    s.preset = "tiny".into();
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("Teacher"), "{e}");
+    s.teacher = Some(data.clone());
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("holds no teacher"), "{e}");
+    s.teacher = Some(base.clone());
+    let c = config_from_settings(&s, &run).unwrap();
+    assert_eq!(c.model.vqgan, base_config.vqgan);
+    assert_eq!(c.model.encoder, SftokConfig::tiny().encoder);
+    assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
+
+    // Stage 2 starts from a checkpoint that carries its teacher; vanilla or SFVR.
+    s.stage = StageKind::Stage2;
+    s.teacher = None;
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("Starting checkpoint"), "{e}");
+    s.init = Some(data.clone());
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("Starting checkpoint"), "{e}");
+    s.init = Some(base.clone());
+    s.replace_prob = 0.5;
+    let c = config_from_settings(&s, &run).unwrap();
+    assert_eq!(c.model, base_config);
+    assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
+    assert_eq!(
+        c.stage2_inputs,
+        Stage2Inputs::SelfForcing { replace_prob: 0.5 }
+    );
+    s.vanilla = true;
+    let c = config_from_settings(&s, &run).unwrap();
+    assert_eq!(c.stage2_inputs, Stage2Inputs::Vanilla);
+
+    // Stage 3.
+    s.stage = StageKind::Stage3;
+    let c = config_from_settings(&s, &run).unwrap();
+    assert_eq!(c.stage, StageKind::Stage3);
+    assert_eq!(c.init.as_deref(), Some(base.as_path()));
+    assert_eq!(c.model, base_config);
+}
+
+#[test]
+fn run_folders_and_resume() {
+    let run = temp_dir("folders");
+    check_new_run_dir(&run).unwrap();
+    let e = resume_config(&run, 10).unwrap_err();
+    assert!(e.contains("no checkpoint"), "{e}");
+    // A run with a checkpoint: a new run there is refused, resuming reads its configuration.
+    let data = data_folder("folders-data", 1);
+    let s = TrainSettings {
+        data: Some(data),
+        steps: 30,
+        ..TrainSettings::default()
+    };
+    let config = config_from_settings(&s, &run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    let ckpt = run.join("checkpoints/step_00000005");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    let e = check_new_run_dir(&run).unwrap_err();
+    assert!(e.contains("Resume") && e.contains("step 5"), "{e}");
+    assert_eq!(resume_config(&run, 10).unwrap().steps, 30);
+    assert_eq!(resume_config(&run, 100).unwrap(), {
+        let mut c = config.clone();
+        c.steps = 100;
+        c
+    });
+}
+
+#[test]
+fn trainer_words_become_the_apps() {
+    let m = gui_words(
+        "/r already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
+    );
+    assert_eq!(
+        m,
+        "/r already holds a run with checkpoints; press Resume to continue it, or choose another run folder"
+    );
+    let m = gui_words("stage2 starts from the previous stage: pass --init (a stage-1 run)");
+    assert!(
+        m.ends_with("choose a Starting checkpoint (a stage-1 run)"),
+        "{m}"
+    );
+}
+
+#[test]
+fn fine_tune_preparation() {
+    let base = PathBuf::from(DEFAULT_MODEL);
+    check_finetune_base(&base).unwrap();
+    let e = check_finetune_base(Path::new(SAMPLES)).unwrap_err();
+    assert!(e.contains("not a model folder"), "{e}");
+
+    let run = temp_dir("ft-prep");
+    let e = gather_images(&[], &run.join("data")).unwrap_err();
+    assert!(e.contains("gallery is empty"), "{e}");
+    let e = gather_images(&[run.join("gone.png")], &run.join("data")).unwrap_err();
+    assert!(e.contains("gone.png"), "{e}");
+    // The same name twice (two folders) gives two files.
+    let images = sample_images(2);
+    let twice = vec![images[0].clone(), images[0].clone(), images[1].clone()];
+    assert_eq!(gather_images(&twice, &run.join("data")).unwrap(), 3);
+    assert_eq!(std::fs::read_dir(run.join("data")).unwrap().count(), 3);
+
+    let c = finetune_config(&base, &run, 3, 50).unwrap();
+    assert_eq!(c.stage, StageKind::Stage3);
+    assert_eq!(c.init.as_deref(), Some(base.as_path()));
+    assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
+    assert_eq!(c.data, run.join("data"));
+    assert_eq!((c.steps, c.batch_size, c.warmup_steps), (50, 3, 5));
+    assert_eq!(c.gan.start_step, u64::MAX);
+    assert_eq!(finetune_config(&base, &run, 20, 50).unwrap().batch_size, 8);
+
+    let dir = super::setup::finetune_run_dir_in(&run, &base);
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("default-finetune-"), "{name}");
+    assert_eq!(dir.parent(), Some(run.as_path()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let next = super::setup::finetune_run_dir_in(&run, &base);
+    assert_ne!(next, dir, "an existing folder is never reused");
+}
+
+#[test]
+fn timestamps_are_utc_calendar_times() {
+    assert_eq!(super::setup::format_utc(0), "19700101-000000");
+    assert_eq!(
+        super::setup::format_utc(1_704_067_200 + 3_661),
+        "20240101-010101"
+    );
+    assert_eq!(super::setup::format_utc(951_782_400), "20000229-000000");
+    assert_eq!(timestamp().len(), 15);
+}
+
+#[test]
+fn plots_are_thinned_keeping_the_last_point() {
+    let points: Vec<[f64; 2]> = (0..10_000).map(|i| [i as f64, 1.0]).collect();
+    let thinned = thin(&points, 2000);
+    assert!(thinned.len() <= 2001, "{}", thinned.len());
+    assert_eq!(thinned.last(), points.last());
+    assert_eq!(thin(&points[..5], 2000).len(), 5);
+    assert_eq!(format_duration(59.4), "59s");
+    assert_eq!(format_duration(61.0), "1m 01s");
+    assert_eq!(format_duration(7322.0), "2h 02m");
+}
+
+#[test]
+fn errors_reach_take_error() {
+    let ctx = egui::Context::default();
+    // Nothing to start from: refused before any thread starts.
+    let mut panel = TrainingPanel::new(TrainSettings::default());
+    let e = panel.start(&ctx, false).unwrap_err();
+    assert!(e.contains("data folder"), "{e}");
+    assert!(!panel.is_running());
+    let e = panel
+        .start_finetune(PathBuf::from(DEFAULT_MODEL), Vec::new(), &ctx)
+        .unwrap_err();
+    assert!(e.contains("gallery is empty"), "{e}");
+    assert!(panel.follow(PathBuf::from(SAMPLES)).is_err());
+
+    // A data folder without images: the trainer fails on its thread; the panel says so.
+    let empty = temp_dir("no-images");
+    let run = temp_dir("no-images-run");
+    let mut panel = TrainingPanel::new(TrainSettings {
+        data: Some(empty),
+        run_dir: Some(run),
+        ..TrainSettings::default()
+    });
+    panel.device = DeviceChoice::Cpu;
+    panel.start(&ctx, false).unwrap();
+    assert!(panel.is_running());
+    let start = Instant::now();
+    let mut outcomes = Vec::new();
+    while panel.is_running() {
+        outcomes.extend(panel.poll(&ctx));
+        assert!(start.elapsed() < Duration::from_secs(30), "no end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(outcomes.is_empty());
+    let e = panel.take_error().expect("an error");
+    assert!(e.starts_with("Training failed"), "{e}");
+    assert!(panel.take_error().is_none(), "cleared when read");
+    assert!(panel.live.failed);
+}
+
+/// Starts a real tiny training through the panel's worker, pauses it (a checkpoint is written),
+/// resumes it exactly where it stopped, stops it, then follows the finished run folder as
+/// `Open run…` does.
+#[test]
+fn a_tiny_run_starts_pauses_resumes_and_stops() {
+    let ctx = egui::Context::default();
+    let data = data_folder("tiny", 3);
+    let run = temp_dir("tiny-run").join("run");
+    let mut panel = TrainingPanel::new(TrainSettings {
+        stage: StageKind::Teacher,
+        preset: "tiny".into(),
+        data: Some(data),
+        steps: 100_000,
+        batch_size: 2,
+        run_dir: Some(run.clone()),
+        log_every: 1,
+        preview_every: 2,
+        checkpoint_every: 100_000,
+        ..TrainSettings::default()
+    });
+    panel.device = DeviceChoice::Cpu;
+    let mut outcomes = Vec::new();
+    panel.start(&ctx, false).unwrap();
+    assert!(panel.is_running());
+    assert!(panel.start(&ctx, false).is_err(), "one run at a time");
+    poll_until(
+        &mut panel,
+        &ctx,
+        Duration::from_secs(60),
+        &mut outcomes,
+        |p| p.live.step >= 2 && p.live.preview.is_some(),
+    );
+    assert!(panel.live.metrics.get("loss").is_some());
+    assert!(panel.live.metrics.loss_names().contains(&"mse"));
+    assert!(panel.live.device.is_some());
+
+    // Pause: stops after a checkpoint.
+    panel.pause();
+    poll_until(
+        &mut panel,
+        &ctx,
+        Duration::from_secs(60),
+        &mut outcomes,
+        |p| !p.is_running(),
+    );
+    let (paused_at, _) = RunDir::new(&run).latest_checkpoint().expect("a checkpoint");
+    assert!(paused_at >= 2);
+    assert_eq!(panel.live.step, paused_at);
+    assert!(
+        panel.live.status.contains("paused"),
+        "{}",
+        panel.live.status
+    );
+    assert_eq!(
+        outcomes,
+        [TrainingOutcome::RunEnded {
+            model_dir: run.join("model"),
+            stopped: true
+        }]
+    );
+    assert!(run.join("model/teacher.safetensors").is_file());
+    assert_eq!(panel.resumable_step(), Some(paused_at));
+
+    // The preview becomes a texture.
+    panel
+        .preview
+        .update(&ctx, panel.live.preview.clone().as_deref());
+    assert!(panel.preview.texture.is_some());
+
+    // Start again over it is refused; Resume continues it.
+    assert!(panel.start(&ctx, false).unwrap_err().contains("Resume"));
+    outcomes.clear();
+    panel.start(&ctx, true).unwrap();
+    poll_until(
+        &mut panel,
+        &ctx,
+        Duration::from_secs(60),
+        &mut outcomes,
+        |p| p.live.resumed_from.is_some() && p.live.step > paused_at,
+    );
+    assert_eq!(panel.live.resumed_from, Some(paused_at));
+    // The history before the pause is shown again.
+    assert!(
+        panel.live.metrics.get("loss").unwrap()[0][0] <= 1.0,
+        "history reloaded"
+    );
+    panel.request_stop();
+    poll_until(
+        &mut panel,
+        &ctx,
+        Duration::from_secs(60),
+        &mut outcomes,
+        |p| !p.is_running(),
+    );
+    let (stopped_at, _) = RunDir::new(&run).latest_checkpoint().unwrap();
+    assert!(stopped_at > paused_at);
+    assert!(
+        panel.live.status.contains("stopped"),
+        "{}",
+        panel.live.status
+    );
+    assert!(matches!(
+        outcomes.as_slice(),
+        [TrainingOutcome::RunEnded { stopped: true, .. }]
+    ));
+
+    // Follow the run folder as "Open run…" does.
+    let mut viewer = TrainingPanel::new(TrainSettings::default());
+    viewer.follow(run.clone()).unwrap();
+    assert!(viewer.poll(&ctx).is_empty());
+    assert!(viewer.live.following);
+    assert_eq!(viewer.live.step, stopped_at);
+    assert_eq!(viewer.live.info.total_steps, 100_000);
+    assert_eq!(viewer.live.info.stage, "teacher");
+    assert_eq!(viewer.live.last_checkpoint, Some(stopped_at));
+    assert!(viewer.live.preview.is_some());
+    assert_eq!(
+        viewer.live.metrics.get("loss").unwrap().len() as u64,
+        stopped_at
+    );
+    assert_eq!(viewer.settings().followed, Some(run.clone()));
+    // Persisted: a new panel follows it again.
+    let again = TrainingPanel::new(viewer.settings());
+    assert!(again.live.following);
+    viewer.unfollow();
+    assert!(viewer.settings().followed.is_none() && viewer.live.run_dir.is_none());
+}
+
+/// The one-click fine-tune, shortened: stage 3 from the bundled default model on two sample
+/// images, ending in `FineTuned` with a complete model folder.
+#[test]
+fn a_fine_tune_opens_beside_its_base() {
+    let ctx = egui::Context::default();
+    let base = PathBuf::from(DEFAULT_MODEL);
+    let run = temp_dir("finetune").join("run");
+    let mut panel = TrainingPanel::new(TrainSettings::default());
+    panel.device = DeviceChoice::Cpu;
+    panel
+        .start_finetune_in(base.clone(), &sample_images(2), 3, run.clone(), &ctx)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    poll_until(
+        &mut panel,
+        &ctx,
+        Duration::from_secs(120),
+        &mut outcomes,
+        |p| !p.is_running(),
+    );
+    assert_eq!(
+        outcomes,
+        [TrainingOutcome::FineTuned {
+            base,
+            tuned: run.join("model")
+        }]
+    );
+    for file in ["config.json", "model.safetensors", "teacher.safetensors"] {
+        assert!(run.join("model").join(file).is_file(), "{file}");
+    }
+    assert_eq!(std::fs::read_dir(run.join("data")).unwrap().count(), 2);
+    assert_eq!(panel.live.step, 3);
+}

@@ -1,0 +1,4 @@
+//! SFTok Studio: the `sftok` command line ([`cli`]) and the desktop app ([`gui`]).
+
+pub mod cli;
+pub mod gui;

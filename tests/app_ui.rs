@@ -1,0 +1,191 @@
+//! UI tests of the desktop app with egui_kittest: the real app state, its real workers and models,
+//! driven through widgets found by their labels (no window needed).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use sftok_app::gui::StudioApp;
+use sftok_app::gui::model_worker::Slot;
+use sftok_app::gui::settings::{Settings, View};
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets")
+}
+
+fn harness() -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(|cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), assets()))
+}
+
+/// Steps the UI until `done` holds (the workers run on their own threads meanwhile).
+fn wait_until(h: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !done(h.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+fn trace_ready(app: &StudioApp, slot: Slot) -> bool {
+    app.gallery
+        .selected
+        .is_some_and(|id| app.traces.contains(slot, &app.current_key(id)))
+}
+
+#[test]
+fn reconstruct_view_scrubs_through_the_steps() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| a.gallery.images.len() >= 5);
+    wait_until(&mut h, "the first reconstruction", |a| {
+        trace_ready(a, Slot::A)
+    });
+    h.get_by_label("Proxy codes");
+    assert_eq!(
+        h.state().scrub.step,
+        8,
+        "the scrubber starts at the last step"
+    );
+
+    h.get_by_label("|<").click();
+    h.step();
+    assert_eq!(h.state().scrub.step, 0);
+    h.get_by_label_contains("Step 0");
+    h.get_by_label(">").click();
+    h.step();
+    assert_eq!(h.state().scrub.step, 1);
+    h.get_by_label_contains("Step 1/8");
+    h.get_by_label(">|").click();
+    h.step();
+    assert_eq!(h.state().scrub.step, 8);
+
+    h.get_by_label("Play").click();
+    h.step();
+    assert!(h.state().scrub.playing);
+    h.step(); // the button reads "Pause" from the next frame on
+    h.get_by_label("Pause").click();
+    h.step();
+    assert!(!h.state().scrub.playing);
+
+    // Another image in the gallery gets its own trace.
+    let second = h.state().gallery.images[1].label.clone();
+    h.get_by_label_contains(&second).click();
+    h.step();
+    wait_until(&mut h, "the second image's reconstruction", |a| {
+        a.gallery.selected == Some(a.gallery.images[1].id) && trace_ready(a, Slot::A)
+    });
+}
+
+#[test]
+fn compare_view_shows_both_models_and_their_difference() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| !a.gallery.images.is_empty());
+    h.get_by_label("Compare").click();
+    h.step();
+    assert_eq!(h.state().settings.view, View::Compare);
+    wait_until(&mut h, "both reconstructions", |a| {
+        trace_ready(a, Slot::A) && trace_ready(a, Slot::B)
+    });
+    h.get_by_label_contains("|A - B|");
+    h.get_by_label("<").click();
+    h.step();
+    assert_eq!(h.state().scrub.step, 7, "one scrubber for both models");
+    h.get_by_label_contains("A: step 7");
+    h.get_by_label_contains("B: step 7");
+}
+
+/// A file dropped on the window, as the windowing layer hands it to egui.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn dropped_files_are_added_or_explained() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| a.gallery.images.len() >= 5);
+    let dir = std::env::temp_dir().join(format!("sftok-ui-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("dropped.png");
+    image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 90]))
+        .save(&good)
+        .unwrap();
+    let bad = dir.join("broken.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    for path in [good, bad] {
+        h.input_mut()
+            .dropped_files
+            .push(std::sync::Arc::new(Dropped(path)));
+    }
+    h.step();
+    wait_until(&mut h, "the dropped image", |a| {
+        a.gallery.images.iter().any(|i| i.label == "dropped.png") && !a.messages.is_empty()
+    });
+    h.get_by_label_contains("broken.png was not added");
+}
+
+#[test]
+fn editing_a_latent_token_changes_the_reconstruction() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| !a.gallery.images.is_empty());
+    wait_until(&mut h, "the first reconstruction", |a| {
+        trace_ready(a, Slot::A)
+    });
+    let (image_id, before) = {
+        let a = h.state_mut();
+        let id = a.gallery.selected.unwrap();
+        let key = a.current_key(id);
+        let t = a.traces.get_mut(Slot::A, &key).unwrap();
+        (id, t.data.clone())
+    };
+    // Click a latent token (its button shows its id; the strip is the last part of the view, so
+    // the last widget with that text is the strip's last token with that id), give it another
+    // code, apply.
+    let first = before.latent_ids[0];
+    let token = before
+        .latent_ids
+        .iter()
+        .rposition(|&id| id == first)
+        .unwrap();
+    h.get_all_by_label(&first.to_string())
+        .last()
+        .unwrap()
+        .click();
+    h.step();
+    assert_eq!(h.state().edit.selected, Some(token));
+    h.state_mut().edit.new_code = (first + 1) % before.latent_codebook as i64;
+    h.get_by_label("Apply edit").click();
+    h.step();
+    assert!(h.state().edit.edited.contains_key(&image_id));
+    wait_until(&mut h, "the edited reconstruction", |a| {
+        trace_ready(a, Slot::A)
+    });
+    let after = {
+        let a = h.state_mut();
+        let key = a.current_key(image_id);
+        a.traces.get_mut(Slot::A, &key).unwrap().data.clone()
+    };
+    assert_eq!(
+        after.latent_ids[token],
+        (first + 1) % before.latent_codebook as i64
+    );
+    assert_ne!(
+        after.steps.last().unwrap().image,
+        before.steps.last().unwrap().image,
+        "another code for a latent token changes the image"
+    );
+    h.get_by_label("Reset edits").click();
+    h.step();
+    assert!(!h.state().edit.edited.contains_key(&image_id));
+}
