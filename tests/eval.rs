@@ -174,3 +174,36 @@ fn a_damaged_or_missing_asset_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// The bundled demo models (SFVR and vanilla, each with the teacher) load and reconstruct a sample.
+#[test]
+fn the_bundled_models_load_and_reconstruct_a_sample() {
+    let dir = temp_dir("bundled");
+    for name in ["sfvr", "vanilla"] {
+        let model = repo().join("assets/models").join(name);
+        let out = dir.join(format!("{name}.png"));
+        let stdout = run_ok(
+            sftok()
+                .args(["reconstruct", "--device", "cpu", "--steps", "8", "--model"])
+                .arg(&model)
+                .arg("--out")
+                .arg(&out)
+                .arg(repo().join("assets/samples/coffee.png")),
+        );
+        assert!(
+            stdout.contains("teacher"),
+            "{name} ships its teacher: {stdout}"
+        );
+        let strip = image::open(&out).unwrap();
+        // original | 8 steps | teacher at the demo's 64 px, 2 px apart.
+        assert_eq!((strip.width(), strip.height()), (10 * 64 + 9 * 2, 64));
+    }
+    // Without --model, reconstruct uses the bundled SFVR model.
+    let out = sftok()
+        .args(["reconstruct", "--device", "cpu", "--steps", "2", "--out"])
+        .arg(dir.join("default.png"))
+        .arg(repo().join("assets/samples/coffee.png"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("assets/models/sfvr"));
+}

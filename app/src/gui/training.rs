@@ -685,7 +685,7 @@ impl TrainingPanel {
             .num_columns(2)
             .spacing([12.0, 6.0])
             .show(ui, |ui| {
-                ui.label("Stage");
+                let label = ui.label("Stage");
                 ui.horizontal(|ui| {
                     egui::ComboBox::from_id_salt("sftok-train-stage")
                         .selected_text(stage_title(s.stage))
@@ -694,7 +694,9 @@ impl TrainingPanel {
                                 ui.selectable_value(&mut s.stage, stage, stage_title(stage))
                                     .on_hover_text(stage_help(stage));
                             }
-                        });
+                        })
+                        .response
+                        .labelled_by(label.id);
                     ui.weak(stage_help(s.stage));
                 });
                 ui.end_row();
@@ -717,7 +719,7 @@ impl TrainingPanel {
                     ui.end_row();
                 }
 
-                ui.label("Model size");
+                let label = ui.label("Model size");
                 let from_init = matches!(s.stage, StageKind::Stage2 | StageKind::Stage3);
                 ui.horizontal(|ui| {
                     ui.add_enabled_ui(!from_init, |ui| {
@@ -727,7 +729,9 @@ impl TrainingPanel {
                                 for preset in SftokConfig::PRESETS {
                                     ui.selectable_value(&mut s.preset, preset.to_string(), *preset);
                                 }
-                            });
+                            })
+                            .response
+                            .labelled_by(label.id);
                     });
                     if from_init {
                         ui.weak("taken from the starting checkpoint");
@@ -753,15 +757,17 @@ impl TrainingPanel {
                     true,
                 );
 
-                ui.label("Steps");
+                let label = ui.label("Steps");
                 ui.add(
                     egui::DragValue::new(&mut s.steps)
                         .range(1..=100_000_000)
                         .speed(10),
-                );
+                )
+                .labelled_by(label.id);
                 ui.end_row();
-                ui.label("Batch size");
-                ui.add(egui::DragValue::new(&mut s.batch_size).range(1..=4096));
+                let label = ui.label("Batch size");
+                ui.add(egui::DragValue::new(&mut s.batch_size).range(1..=4096))
+                    .labelled_by(label.id);
                 ui.end_row();
 
                 path_row(
@@ -777,27 +783,30 @@ impl TrainingPanel {
                 .num_columns(2)
                 .spacing([12.0, 6.0])
                 .show(ui, |ui| {
-                    ui.label("Log metrics every");
+                    let label = ui.label("Log metrics every");
                     ui.add(
                         egui::DragValue::new(&mut s.log_every)
                             .range(1..=100_000)
                             .suffix(" steps"),
-                    );
+                    )
+                    .labelled_by(label.id);
                     ui.end_row();
-                    ui.label("Preview every");
+                    let label = ui.label("Preview every");
                     ui.add(
                         egui::DragValue::new(&mut s.preview_every)
                             .range(0..=1_000_000)
                             .suffix(" steps"),
                     )
+                    .labelled_by(label.id)
                     .on_hover_text("0: no previews");
                     ui.end_row();
-                    ui.label("Checkpoint every");
+                    let label = ui.label("Checkpoint every");
                     ui.add(
                         egui::DragValue::new(&mut s.checkpoint_every)
                             .range(1..=10_000_000)
                             .suffix(" steps"),
-                    );
+                    )
+                    .labelled_by(label.id);
                     ui.end_row();
                     if matches!(s.stage, StageKind::Teacher | StageKind::Stage3) {
                         ui.label("Adversarial loss");

@@ -516,3 +516,137 @@ fn a_fine_tune_opens_beside_its_base() {
     assert_eq!(std::fs::read_dir(run.join("data")).unwrap().count(), 2);
     assert_eq!(panel.live.step, 3);
 }
+
+/// A run folder as `sftok train` leaves it, without training: configuration, metrics, a preview
+/// and a checkpoint.
+fn fake_run(tag: &str, steps: u64) -> PathBuf {
+    let run = temp_dir(tag);
+    let data = data_folder(&format!("{tag}-data"), 1);
+    let s = TrainSettings {
+        stage: StageKind::Teacher,
+        data: Some(data),
+        steps: 100,
+        batch_size: 4,
+        ..TrainSettings::default()
+    };
+    let config = config_from_settings(&s, &run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let rows: String = (1..=steps)
+        .map(|step| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "step": step, "loss": 1.0 / step as f64, "mse": 0.5 / step as f64,
+                    "codebook_loss": 0.1, "lr": 1e-4 * step as f64, "grad_norm": 2.0,
+                    "images_per_sec": 8.0, "perplexity": 12.5
+                })
+            )
+        })
+        .collect();
+    std::fs::write(run.join("metrics.jsonl"), rows).unwrap();
+    std::fs::create_dir_all(run.join("previews")).unwrap();
+    let sample = &sample_images(1)[0];
+    for step in [2, steps] {
+        std::fs::copy(sample, run.join(format!("previews/step_{step:08}.png"))).unwrap();
+    }
+    let ckpt = run.join(format!("checkpoints/step_{steps:08}"));
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    run
+}
+
+#[test]
+fn following_reads_a_run_folder_and_its_eta() {
+    let run = fake_run("follow", 10);
+    let mut panel = TrainingPanel::new(TrainSettings::default());
+    panel.follow(run.clone()).unwrap();
+    let live = &panel.live;
+    assert_eq!((live.step, live.info.total_steps), (10, 100));
+    assert_eq!(live.preview_step, Some(10));
+    assert_eq!(live.last_checkpoint, Some(10));
+    // 90 steps of 4 images at 8 images/s.
+    assert_eq!(live.eta_secs, Some(45.0));
+    assert_eq!(live.metrics.loss_names(), ["loss", "codebook_loss", "mse"]);
+    assert!(live.status.contains("running"), "{}", live.status);
+
+    // New rows, one of them half-written.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run.join("metrics.jsonl"))
+        .unwrap();
+    use std::io::Write;
+    write!(f, "{{\"step\":11,\"loss\":0.05}}\n{{\"step\":12,").unwrap();
+    panel.follow.as_mut().unwrap().next_check = Instant::now();
+    panel.tick_follow();
+    assert_eq!(panel.live.step, 11);
+    // At most once a second.
+    writeln!(f, "\"loss\":0.04}}").unwrap();
+    panel.tick_follow();
+    assert_eq!(panel.live.step, 11);
+    panel.follow.as_mut().unwrap().next_check = Instant::now();
+    panel.tick_follow();
+    assert_eq!(panel.live.step, 12);
+}
+
+/// The view draws (no window: egui_kittest), its buttons work, and a Start without a data folder
+/// is reported through `take_error`.
+#[test]
+fn the_view_draws_and_reports() {
+    use egui_kittest::kittest::Queryable;
+    let run = fake_run("view", 10);
+    let mut panel = TrainingPanel::new(TrainSettings::default());
+    panel.follow(run).unwrap();
+    let gallery = sample_images(2);
+    let mut harness = egui_kittest::Harness::builder()
+        .with_size(egui::vec2(1000.0, 1400.0))
+        .build_ui_state(
+            |ui, panel: &mut TrainingPanel| {
+                panel.poll(ui.ctx());
+                panel.ui(ui, &gallery);
+            },
+            panel,
+        );
+    harness.run_steps(3);
+    for label in [
+        "Start",
+        "Pause",
+        "Stop",
+        "Open run…",
+        "Stop following",
+        "Fine-tune",
+        "Losses",
+        "Learning rate",
+    ] {
+        harness.get_by_label(label);
+    }
+    harness.get_by_label_contains("Preview at step 10");
+    harness.get_by_label_contains("step 10 / 100");
+    harness.get_by_label_contains("perplexity 12.5");
+    harness.get_by_label_contains("on the 2 gallery images");
+    assert!(harness.state().preview.texture.is_some());
+
+    // The stage-2 options and the advanced settings, checked for accessibility by `run`.
+    harness.state_mut().settings.stage = StageKind::Stage2;
+    harness.get_by_label("Advanced").click();
+    harness.run();
+    harness.get_by_label("Vanilla");
+    harness.get_by_label_contains("taken from the starting checkpoint");
+    harness.state_mut().settings.stage = StageKind::Teacher;
+    harness.run();
+    harness.get_by_label("Adversarial loss");
+
+    harness.get_by_label("Start").click();
+    harness.run_steps(2);
+    let e = harness.state_mut().take_error().expect("an error");
+    assert!(e.contains("data folder"), "{e}");
+    assert!(!harness.state().is_running());
+
+    harness.get_by_label("Stop following").click();
+    harness.run_steps(2);
+    assert!(harness.state().settings().followed.is_none());
+    harness.get_by_label_contains("No run yet");
+}
