@@ -15,6 +15,7 @@ const DIFF_GAIN: f32 = 4.0;
 pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     model_picker_ui(app, ui, Slot::A, "A");
     model_picker_ui(app, ui, Slot::B, "B");
+    finetune_button_ui(app, ui);
     ui.separator();
     let Some(image_id) = app.gallery.selected else {
         ui.label("Open an image (or add the samples) to compare the models on it.");
@@ -109,5 +110,28 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 }
             }
         });
+    });
+}
+
+/// One click: fine-tune model A on the gallery's images; the result opens here beside A.
+pub fn finetune_button_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
+    let base = app.slot(Slot::A).info.as_ref().map(|i| i.dir.clone());
+    let images = app.gallery.paths();
+    ui.horizontal(|ui| {
+        let enabled = base.is_some() && !images.is_empty() && !app.training.is_running();
+        let clicked = ui
+            .add_enabled(enabled, egui::Button::new("Fine-tune A on the gallery"))
+            .on_hover_text("a short decoder fine-tuning (stage 3) of model A on the images in the gallery; the result opens as B")
+            .clicked();
+        if app.training.is_running() {
+            ui.spinner();
+            ui.label("training... (see the Train view)");
+        }
+        if clicked && let Some(base) = base {
+            let ctx = ui.ctx().clone();
+            if let Err(e) = app.training.start_finetune(base, images, &ctx) {
+                app.messages.push(e);
+            }
+        }
     });
 }

@@ -630,8 +630,9 @@ fn the_view_draws_and_reports() {
     assert!(harness.state().preview.texture.is_some());
 
     // The stage-2 options and the advanced settings, checked for accessibility by `run`.
-    harness.state_mut().settings.stage = StageKind::Stage2;
     harness.get_by_label("Advanced").click();
+    harness.run();
+    harness.state_mut().settings.stage = StageKind::Stage2;
     harness.run();
     harness.get_by_label("Vanilla");
     harness.get_by_label_contains("taken from the starting checkpoint");
