@@ -95,11 +95,17 @@ pub trait FidFeatures {
 /// Progress of an evaluation: `(done, total)` units of work.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
-/// Loads the evaluation images: centre crop, resized to `size`. Unreadable files are skipped.
+/// Images that were read, each with its path.
+pub type LoadedImages = Vec<(PathBuf, RgbImage)>;
+/// Files that could not be read, each with the reason.
+pub type SkippedImages = Vec<(PathBuf, String)>;
+
+/// Loads the evaluation images (as decoded; the models crop and resize them). Unreadable files
+/// are skipped and returned with the reason.
 pub fn load_eval_images(
     data: &Path,
     limit: Option<usize>,
-) -> Result<(Vec<(PathBuf, RgbImage)>, Vec<(PathBuf, String)>)> {
+) -> Result<(LoadedImages, SkippedImages)> {
     let folder = ImageFolder::scan(data).map_err(|e| SftokError::Other(e.to_string()))?;
     let mut images = Vec::new();
     let mut skipped = Vec::new();
