@@ -25,8 +25,26 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-fn start_xvfb(display: u32) -> KillOnDrop {
-    let child = Command::new("Xvfb")
+/// Xvfb, stopped with SIGTERM so that it removes its socket and lock file (a killed server leaves
+/// them behind, and the next server on that display number refuses to start).
+struct Xvfb(Child);
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts Xvfb on the first display number that has neither a lock file nor a socket.
+fn start_xvfb() -> (Xvfb, u32) {
+    let display = (90..400)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+                && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+        })
+        .expect("a free X display number");
+    let mut child = Command::new("Xvfb")
         .arg(format!(":{display}"))
         .args(["-screen", "0", "1400x1000x24", "-nolisten", "tcp"])
         .stdout(Stdio::null())
@@ -37,12 +55,16 @@ fn start_xvfb(display: u32) -> KillOnDrop {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
         assert!(
+            child.try_wait().unwrap().is_none(),
+            "Xvfb exited on :{display}"
+        );
+        assert!(
             Instant::now() < deadline,
             "Xvfb did not start on :{display}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    KillOnDrop(child)
+    (Xvfb(child), display)
 }
 
 /// Starts the app on `view`, waits for `ready` on its stderr, and takes a screenshot.
@@ -128,8 +150,7 @@ fn the_app_window_shows_each_view() {
         eprintln!("skipped: needs Xvfb and ImageMagick's import");
         return;
     }
-    let display = 90 + std::process::id() % 100;
-    let _xvfb = start_xvfb(display);
+    let (_xvfb, display) = start_xvfb();
     let home = std::env::temp_dir().join(format!("sftok-window-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     let keep = std::env::var_os("SFTOK_SCREENSHOT_DIR").map(PathBuf::from);

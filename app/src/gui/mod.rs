@@ -21,8 +21,7 @@ pub mod training;
 
 pub use app::StudioApp;
 
-/// Opens the window. The wgpu renderer is the default; `SFTOK_RENDERER=glow` picks OpenGL, and if
-/// wgpu cannot start (no Vulkan/GL driver) the app retries with glow.
+/// Opens the window. The wgpu renderer is the default; `SFTOK_RENDERER=glow` picks OpenGL.
 pub fn run() -> anyhow::Result<()> {
     run_with(None)
 }
@@ -35,14 +34,16 @@ pub fn run_with(view: Option<settings::View>) -> anyhow::Result<()> {
     } else {
         eframe::Renderer::Wgpu
     };
-    match launch(first, view) {
-        Ok(()) => Ok(()),
-        Err(e) if first == eframe::Renderer::Wgpu => {
-            eprintln!("the wgpu renderer could not start ({e}); trying OpenGL");
-            launch(eframe::Renderer::Glow, view).map_err(|e| anyhow::anyhow!("{e}"))
-        }
-        Err(e) => Err(anyhow::anyhow!("the window could not be opened: {e}")),
-    }
+    // eframe cannot open a second event loop in one process, so a failed renderer cannot be
+    // retried with the other here: the message says how to choose it.
+    launch(first, view).map_err(|e| {
+        let hint = if first == eframe::Renderer::Wgpu {
+            "; if no Vulkan/Metal/DX12 driver is available, try OpenGL with SFTOK_RENDERER=glow"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("the window could not be opened: {e}{hint}")
+    })
 }
 
 fn launch(renderer: eframe::Renderer, view: Option<settings::View>) -> eframe::Result {
