@@ -68,16 +68,21 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         {
             ui.vertical(|ui| {
                 ui.label(format!("|A - B| x{DIFF_GAIN}"));
-                let diff = difference_image(
-                    &a.steps[step - 1].image,
-                    &b.steps[step - 1].image,
-                    DIFF_GAIN,
-                );
-                // One texture per (image, T, step), kept in egui's memory so scrubbing back is free.
-                let id = egui::Id::unique(("diff", key.clone(), step));
+                // One texture per (models, image, T, step), kept in egui's memory: the difference
+                // is computed once, and scrubbing back is free.
+                let models: Vec<_> = Slot::BOTH
+                    .iter()
+                    .map(|&s| app.slot(s).info.as_ref().map(|i| i.dir.clone()))
+                    .collect();
+                let id = egui::Id::unique(("diff", models, key.clone(), step));
                 let texture = ctx
                     .data(|d| d.get_temp::<egui::TextureHandle>(id))
                     .unwrap_or_else(|| {
+                        let diff = difference_image(
+                            &a.steps[step - 1].image,
+                            &b.steps[step - 1].image,
+                            DIFF_GAIN,
+                        );
                         let t = ctx.load_texture(
                             "diff",
                             rgb_to_color_image(&diff),

@@ -2,6 +2,7 @@
 //! them; afterwards scrubbing only picks a handle.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use egui::{TextureHandle, TextureOptions};
 use image::RgbImage;
@@ -18,7 +19,8 @@ pub struct TraceTextures {
 }
 
 pub struct CachedTrace {
-    pub data: TraceData,
+    /// Shared, so that a view can hold it while it also changes the app (cloning is a count).
+    pub data: Arc<TraceData>,
     textures: Option<TraceTextures>,
 }
 
@@ -88,7 +90,7 @@ impl TraceCache {
         self.traces.insert(
             (slot, key),
             CachedTrace {
-                data,
+                data: Arc::new(data),
                 textures: None,
             },
         );
