@@ -271,6 +271,22 @@ def rss_now_mib():
         return float("nan")
 
 
+def install_part_timers(model, parts):
+    """Wraps the forward of the encoder, the multi-step decoder and the pixel decoder with clocks, so the
+    time per part can be set beside the Rust `--breakdown` figures (the sum is the whole run minus glue)."""
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            total, calls = parts.get(name, (0.0, 0))
+            parts[name] = (total + (time.perf_counter() - t) * 1e3, calls + 1)
+            return out
+        return wrapper
+    model.encoder.forward = timed("encoder (ViT)", model.encoder.forward)
+    model.decoder.forward = timed("decoder step", model.decoder.forward)
+    model.pixel_decoder.forward = timed("pixel decoder", model.pixel_decoder.forward)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official", required=True, help="root of the official SFTok repository (work tree)")
@@ -278,6 +294,8 @@ def main():
     ap.add_argument("--iters", type=int, default=5, help="timed iterations (after one warm-up)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--size", choices=["b", "sftok-b", "tiny"], default="b")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts (encoder, one decoder step, pixel decoder), as the Rust --breakdown")
     args = ap.parse_args()
     if args.batch < 1 or args.iters < 1 or args.threads < 1:
         ap.error("--batch, --iters and --threads must be >= 1")
@@ -301,6 +319,10 @@ def main():
         f"{rss_now_mib():.0f} MiB after building the model")
     log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
         f"image {image_size}px, steps {cfg.model.generator.num_steps}, warm-up 1, iters {args.iters}")
+
+    parts = {}
+    if args.breakdown:
+        install_part_timers(model, parts)
 
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(args.batch, 3, image_size, image_size, generator=gen, dtype=torch.float32)
@@ -327,6 +349,10 @@ def main():
             decs.append(d)
             log(f"iter {i + 1}/{args.iters}: {e + d:.1f} ms (encode {e:.1f}, decode_tokens {d:.1f})")
 
+    if args.breakdown:
+        runs = args.iters + 1
+        for name, (total, calls) in parts.items():
+            log(f"breakdown {name}: {total / calls:.1f} ms per call ({calls // runs} calls per reconstruction)")
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     med = statistics.median(totals)
     log(f"median {med:.1f} ms/batch ({med / args.batch:.1f} ms/image), min {min(totals):.1f} ms/batch; "

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Device, Tensor};
 
@@ -71,6 +71,9 @@ impl MultiheadAttention {
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
         ); // [b, s, 3w]
+        if let Some(out) = super::cpu_kernels::attention(&qkv, h) {
+            return self.out_proj.forward(out);
+        }
         let heads = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2); // [b, h, s, hd]
         let q = heads(qkv.clone().narrow(2, 0, w));
         let k = heads(qkv.clone().narrow(2, w, w));
@@ -91,7 +94,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj.forward(gelu(self.c_fc.forward(x)))
+        self.c_proj
+            .forward(super::cpu_kernels::gelu(self.c_fc.forward(x)))
     }
 }
 

@@ -9,9 +9,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::cpu_kernels::{conv2d, group_norm_silu};
 use crate::config::VqganConfig;
 
 fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Conv2d {
@@ -50,13 +50,15 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let residual = match &self.nin_shortcut {
-            Some(nin) => nin.forward(h.clone()),
-            None => x,
-        };
-        h + residual
+        let h = conv2d(&self.conv1, group_norm_silu(&self.norm1, x.clone()), None);
+        let h = group_norm_silu(&self.norm2, h);
+        match &self.nin_shortcut {
+            Some(nin) => {
+                let h = conv2d(&self.conv2, h, None);
+                conv2d(nin, h.clone(), Some(h))
+            }
+            None => conv2d(&self.conv2, h, Some(x)),
+        }
     }
 }
 
@@ -114,7 +116,7 @@ impl VqganEncoder {
     /// # Shapes
     /// - x: `[B, 3, H, W]` in [0, 1] -> `[B, Zc, H/f, W/f]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv2d(&self.conv_in, x, None);
         for level in &self.down {
             for block in &level.block {
                 h = block.forward(h);
@@ -126,7 +128,7 @@ impl VqganEncoder {
         for block in &self.mid {
             h = block.forward(h);
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, group_norm_silu(&self.norm_out, h), None)
     }
 }
 
@@ -174,7 +176,7 @@ impl VqganDecoder {
     /// # Shapes
     /// - z: `[B, Zc, g, g]` -> `[B, 3, g*f, g*f]`, not clamped
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(z);
+        let mut h = conv2d(&self.conv_in, z, None);
         for block in &self.mid {
             h = block.forward(h);
         }
@@ -183,10 +185,10 @@ impl VqganDecoder {
                 h = block.forward(h);
             }
             if let Some(conv) = &level.upsample_conv {
-                h = conv.forward(upsample_nearest_2x(h));
+                h = conv2d(conv, upsample_nearest_2x(h), None);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, group_norm_silu(&self.norm_out, h), None)
     }
 }
 
@@ -295,8 +297,5 @@ pub fn avg_pool_2x2(x: Tensor<4>) -> Tensor<4> {
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`.
 pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b * c * h, 1, w, 1])
-        .expand([b * c * h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
+    super::cpu_kernels::upsample_nearest_2x(x)
 }

@@ -1,0 +1,696 @@
+//! Inference kernels for burn's CPU backend (flex), used by the convolutional parts of the model
+//! (the teacher and the pixel decoder) where flex's generic operations are slowest.
+//!
+//! Why: at the official size the pixel decoder spends most of its time in 3x3 convolutions at
+//! 256x256 and in the group norm + SiLU pairs before them. flex runs the convolution at about two
+//! thirds of PyTorch's speed and the group norm and SiLU as separate passes, each about four times
+//! slower than PyTorch's (see BENCHMARKS.md). The kernels here do the same arithmetic with fewer
+//! passes over memory:
+//! - a "same" convolution (odd kernel, stride 1, padding (k-1)/2) as k*k matrix products with the
+//!   `gemm` crate (the one flex uses) on shifted views of one padded copy of the input: no im2col
+//!   buffer, and the bias and an optional residual are added while the result is written out;
+//! - group norm and SiLU fused in one pass (statistics in f64);
+//! - nearest-neighbour 2x upsampling as a copy.
+//!
+//! Every function takes and returns burn tensors and falls back to burn's own operations whenever
+//! the fast path does not apply: a tensor on another backend (wgpu), an autodiff tensor (training
+//! needs burn's backward), another dtype, or a layer configuration outside the cases above. The
+//! parity tests run both paths (flex takes the fast one, wgpu the fallback) against the official
+//! fixtures.
+
+use burn::backend::Flex;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// The tensor's values, contiguous, when it is a plain f32 flex tensor (not autodiff); else `None`.
+fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let ft = t.clone().try_into_primitive::<Flex>().ok()?;
+    if ft.dtype() != DType::F32 {
+        return None;
+    }
+    let ft = if ft.is_contiguous() && ft.layout().start_offset() == 0 {
+        ft
+    } else {
+        ft.to_contiguous()
+    };
+    Some(ft)
+}
+
+fn f32s(ft: &FlexTensor) -> &[f32] {
+    let n = ft.layout().num_elements();
+    let start = ft.layout().start_offset();
+    &ft.storage::<f32>()[start..start + n]
+}
+
+fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    let data = TensorData::new(values, Shape::from(shape.to_vec()));
+    let ft = FlexTensor::from_data(data);
+    debug_assert_eq!(
+        ft.layout(),
+        &Layout::contiguous(Shape::from(shape.to_vec()))
+    );
+    Tensor::from_primitive::<Flex>(ft)
+}
+
+/// `conv.forward(x)` (+ `residual` when given), with the fast path for "same" convolutions.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>, residual: Option<Tensor<4>>) -> Tensor<4> {
+    match conv2d_fast(conv, &x, residual.as_ref()) {
+        Some(out) => out,
+        None => {
+            let out = conv.forward(x);
+            match residual {
+                Some(r) => out + r,
+                None => out,
+            }
+        }
+    }
+}
+
+fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Option<Tensor<4>> {
+    let [k, kw] = conv.kernel_size;
+    let pad = (k - 1) / 2;
+    let same = k == kw
+        && k % 2 == 1
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && match conv.padding {
+            PaddingConfig2d::Explicit(t, l, b, r) => [t, l, b, r] == [pad; 4],
+            PaddingConfig2d::Same => true,
+            PaddingConfig2d::Valid => k == 1,
+        };
+    if !same {
+        return None;
+    }
+    let input = flex_values(x)?;
+    let weight = flex_values(&conv.weight.val())?;
+    let bias = match &conv.bias {
+        Some(b) => Some(flex_values(&b.val())?),
+        None => None,
+    };
+    let res = match residual {
+        Some(r) => Some(flex_values(r)?),
+        None => None,
+    };
+    let [batch, c, h, w] = x.dims();
+    let o = weight.layout().shape()[0];
+    if weight.layout().shape()[1] != c {
+        return None; // let burn report the mismatch
+    }
+    if let Some(r) = &res
+        && r.layout().shape().as_slice() != [batch, o, h, w]
+    {
+        return None;
+    }
+    let out = same_conv(
+        f32s(&input),
+        [batch, c, h, w],
+        f32s(&weight),
+        o,
+        k,
+        bias.as_ref().map(f32s),
+        res.as_ref().map(f32s),
+    );
+    Some(from_vec(out, [batch, o, h, w]))
+}
+
+/// A stride-1 convolution with a k x k kernel (k odd) and zero padding (k-1)/2 on every side.
+///
+/// The input of each image is copied once into a zero-padded plane per channel of width
+/// `wp = w + k - 1`. On that layout the input pixel under kernel tap (ky, kx) for output (y, x) is at
+/// `(y + ky) * wp + x + kx`: one constant offset per tap. So the output, computed on a grid of
+/// `h` rows of `wp` columns (the last k-1 columns of each row are never read), is a sum of k*k
+/// matrix products `W_tap [o, c] x X_shifted [c, h*wp]`, each a plain strided GEMM.
+fn same_conv(
+    x: &[f32],
+    [batch, c, h, w]: [usize; 4],
+    weight: &[f32],
+    o: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let pad = (k - 1) / 2;
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let plane = hp * wp;
+    let n = h * wp;
+    let taps = k * k;
+    let mut out = vec![0.0f32; batch * o * h * w];
+    // Reads for the junk columns of the last rows run up to k-1 values past the last plane.
+    let mut padded = vec![0.0f32; c * plane + k];
+    let mut grid = vec![0.0f32; o * n];
+    let parallelism = if o * n * c * taps >= 1 << 22 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    for b in 0..batch {
+        let image = &x[b * c * h * w..(b + 1) * c * h * w];
+        let src: &[f32] = if pad == 0 {
+            image
+        } else {
+            padded
+                .par_chunks_mut(plane)
+                .zip(image.par_chunks(h * w))
+                .for_each(|(dst, src)| {
+                    for y in 0..h {
+                        dst[(y + pad) * wp + pad..][..w].copy_from_slice(&src[y * w..][..w]);
+                    }
+                });
+            &padded
+        };
+        for ky in 0..k {
+            for kx in 0..k {
+                let tap = ky * k + kx;
+                // SAFETY: dst is o x n (row stride n); lhs is weight[o][c][tap] with row stride
+                // c*taps and column stride taps; rhs reads rows of length n at offset
+                // ky*wp + kx within each of the c planes (stride `plane`), inside `src` as argued
+                // above (the padded buffer has k values of slack; with pad 0 there is one tap and
+                // the offset is 0, so rhs is exactly the image).
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        n,
+                        c,
+                        grid.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        tap > 0,
+                        weight.as_ptr().add(tap),
+                        taps as isize,
+                        (c * taps) as isize,
+                        src.as_ptr().add(ky * wp + kx),
+                        1,
+                        plane as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+        }
+        let out_image = &mut out[b * o * h * w..(b + 1) * o * h * w];
+        let res_image = residual.map(|r| &r[b * o * h * w..(b + 1) * o * h * w]);
+        out_image
+            .par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(oc, dst)| {
+                let add = bias.map_or(0.0, |b| b[oc]);
+                let rows = &grid[oc * n..(oc + 1) * n];
+                for y in 0..h {
+                    let row = &rows[y * wp..y * wp + w];
+                    let d = &mut dst[y * w..(y + 1) * w];
+                    match res_image {
+                        Some(r) => {
+                            let r = &r[oc * h * w + y * w..][..w];
+                            for ((d, g), r) in d.iter_mut().zip(row).zip(r) {
+                                *d = g + add + r;
+                            }
+                        }
+                        None => {
+                            for (d, g) in d.iter_mut().zip(row) {
+                                *d = g + add;
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    out
+}
+
+/// Whether this CPU has AVX2 and FMA (checked once by std). The element-wise loops below are
+/// compiled twice, for baseline x86-64 (SSE2, 4 lanes) and for AVX2 + FMA (8 lanes), and the
+/// second is used when the CPU has it: the default target would leave half of the width unused.
+#[inline]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+fn map_plain(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f(s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_avx2(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    map_plain(dst, src, f)
+}
+
+/// `dst[i] = f(src[i])`, vectorised for the widest of the two targets the CPU runs.
+#[inline]
+fn map_f32(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { map_avx2(dst, src, f) };
+    }
+    map_plain(dst, src, f)
+}
+
+/// `e^x` in f32 without a library call, so that loops over it vectorise (Cephes' `expf`: range
+/// reduction by a power of two (rounded to nearest), degree-5 polynomial; relative error about 1e-7 on the range that
+/// does not overflow; arguments below -87.3 give e^-87.3 instead of a denormal, which no
+/// caller here can tell from zero).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    // Round to nearest by adding and removing 1.5 * 2^23 (|x log2 e| < 2^22): `floor` would be a
+    // library call on baseline x86-64 and stop the loops from vectorising.
+    const ROUND: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // SAFETY: n is an integer in [-126, 127] after the clamp above, so the conversion is exact;
+    // the unchecked form avoids the saturating conversion, which does not vectorise.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    e * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// `erf(x)` in f32 as a rational function of x (the single-precision approximation used by Eigen
+/// and XLA, exact to a few ulp; |x| >= 4 is +-1 in f32), branch-free so that it vectorises.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = -2.726_142_3e-10_f32;
+    let p = p * x2 + 2.770_681_4e-8;
+    let p = p * x2 - 2.101_024e-6;
+    let p = p * x2 - 5.692_506_4e-5;
+    let p = p * x2 - 7.349_906_3e-4;
+    let p = p * x2 - 2.954_6e-3;
+    let p = p * x2 - 1.609_603_3e-2;
+    let q = -1.456_607_2e-5_f32;
+    let q = q * x2 - 2.133_740_6e-4;
+    let q = q * x2 - 1.682_827e-3;
+    let q = q * x2 - 7.373_329e-3;
+    let q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+/// Exact (erf) GELU, `x * (1 + erf(x / sqrt 2)) / 2`, as `torch.nn.GELU()` computes it.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let Some(input) = flex_values(&x) else {
+        return burn::tensor::activation::gelu(x);
+    };
+    let mut out = vec![0.0f32; input.layout().num_elements()];
+    out.par_chunks_mut(1 << 14)
+        .zip(f32s(&input).par_chunks(1 << 14))
+        .for_each(|(d, s)| {
+            map_f32(d, s, |v| {
+                0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+            })
+        });
+    from_vec(out, x.dims())
+}
+
+/// Softmax of one row, in place. The passes are kept separate so that the exponentials vectorise
+/// (a running sum in the same loop would serialise them).
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in row.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    // Eight partial sums: a vectorisable reduction (and a slightly more accurate one).
+    let mut partial = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (p, v) in partial.iter_mut().zip(c) {
+            *p += v;
+        }
+    }
+    let sum: f32 = partial.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_rows_avx2(values: &mut [f32], len: usize) {
+    for row in values.chunks_exact_mut(len) {
+        softmax_in_place(row);
+    }
+}
+
+/// Softmax of each row of `len` values.
+fn softmax_rows(values: &mut [f32], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { softmax_rows_avx2(values, len) };
+    }
+    for row in values.chunks_exact_mut(len) {
+        softmax_in_place(row);
+    }
+}
+
+/// Multi-head scaled dot-product attention on packed projections, as `nn.MultiheadAttention`
+/// computes it after its input projection: `qkv` `[b, s, 3w]` (q, then k, then v, each split into
+/// `heads` slices of `w / heads`) -> `[b, s, w]`, heads concatenated, before `out_proj`.
+///
+/// One task per (image, head): the scores `Q K^T` and the output `P V` are GEMMs on strided views
+/// of `qkv` (no copies of q, k, v), the softmax is done in place, and each head writes its slice of
+/// the output directly. `None` when the fast path does not apply.
+pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let [b, s, w3] = qkv.dims();
+    if heads == 0 || !w3.is_multiple_of(3 * heads) {
+        return None;
+    }
+    let input = flex_values(qkv)?;
+    let qkv = f32s(&input);
+    let w = w3 / 3;
+    let hd = w / heads;
+    let scale = (hd as f32).powf(-0.5);
+    let mut out = vec![0.0f32; b * s * w];
+    // Each task writes the columns [head*hd, (head+1)*hd) of its image's rows: disjoint regions of
+    // `out`, handed out as raw addresses because they interleave.
+    let out_addr = out.as_mut_ptr() as usize;
+    (0..b * heads).into_par_iter().for_each(|task| {
+        let (image, head) = (task / heads, task % heads);
+        let base = image * s * w3;
+        let q = qkv[base + head * hd..].as_ptr();
+        let k = qkv[base + w + head * hd..].as_ptr();
+        let v = qkv[base + 2 * w + head * hd..].as_ptr();
+        let mut scores = vec![0.0f32; s * s];
+        // SAFETY: q and k rows are hd values at stride 3w inside `qkv` (s rows from `base`);
+        // `scores` is s x s.
+        unsafe {
+            gemm::gemm(
+                s,
+                s,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                s as isize,
+                false,
+                q,
+                1,
+                w3 as isize,
+                k,
+                w3 as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        softmax_rows(&mut scores, s);
+        // SAFETY: v rows as above; the destination is rows of `out` (stride w) from
+        // `image * s * w + head * hd`, hd columns each, written by this task only.
+        unsafe {
+            let dst = (out_addr as *mut f32).add(image * s * w + head * hd);
+            gemm::gemm(
+                s,
+                hd,
+                s,
+                dst,
+                1,
+                w as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                s as isize,
+                v,
+                1,
+                w3 as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    Some(from_vec(out, [b, s, w]))
+}
+
+/// `silu(norm.forward(x))` in one pass where it can.
+pub fn group_norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    group_norm_silu_fast(norm, &x).unwrap_or_else(|| silu(norm.forward(x)))
+}
+
+fn group_norm_silu_fast(norm: &GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let [batch, c, h, w] = x.dims();
+    let groups = norm.num_groups;
+    if c != norm.num_channels || groups == 0 || !c.is_multiple_of(groups) {
+        return None;
+    }
+    let input = flex_values(x)?;
+    let (gamma, beta) = match (&norm.gamma, &norm.beta) {
+        (Some(g), Some(b)) if norm.affine => {
+            (Some(flex_values(&g.val())?), Some(flex_values(&b.val())?))
+        }
+        _ => (None, None),
+    };
+    let gamma = gamma.as_ref().map(f32s);
+    let beta = beta.as_ref().map(f32s);
+    let values = f32s(&input);
+    let per_channel = h * w;
+    let per_group = c / groups * per_channel;
+    let eps = norm.epsilon;
+    let mut out = vec![0.0f32; values.len()];
+    out.par_chunks_mut(per_group)
+        .zip(values.par_chunks(per_group))
+        .enumerate()
+        .for_each(|(bg, (dst, src))| {
+            // Two passes in f64: the mean, then the (biased) variance about it, as PyTorch's
+            // group norm computes it, without the cancellation of E[x^2] - E[x]^2.
+            let count = src.len() as f64;
+            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / count;
+            let var = src
+                .iter()
+                .map(|&v| {
+                    let d = v as f64 - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / count;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let first_channel = (bg % groups) * (c / groups);
+            for (i, (d, s)) in dst
+                .chunks_mut(per_channel)
+                .zip(src.chunks(per_channel))
+                .enumerate()
+            {
+                let ch = first_channel + i;
+                let scale = (rstd * gamma.map_or(1.0, |g| g[ch] as f64)) as f32;
+                let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * scale as f64) as f32;
+                map_f32(d, s, |s| {
+                    let y = s * scale + shift;
+                    y / (1.0 + exp_f32(-y))
+                });
+            }
+        });
+    let _ = batch;
+    Some(from_vec(out, [batch, c, h, w]))
+}
+
+/// `F.interpolate(x, scale_factor=2, mode="nearest")`.
+pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let Some(input) = flex_values(&x) else {
+        return x
+            .reshape([b * c * h, 1, w, 1])
+            .expand([b * c * h, 2, w, 2])
+            .reshape([b, c, 2 * h, 2 * w]);
+    };
+    let values = f32s(&input);
+    let mut out = vec![0.0f32; values.len() * 4];
+    out.par_chunks_mut(4 * w)
+        .zip(values.par_chunks(w))
+        .for_each(|(dst, src)| {
+            let (top, bottom) = dst.split_at_mut(2 * w);
+            for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+                pair[0] = v;
+                pair[1] = v;
+            }
+            bottom.copy_from_slice(top);
+        });
+    from_vec(out, [b, c, 2 * h, 2 * w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::nn::GroupNormConfig;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    fn reference_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        // Forced onto burn's path by going through autodiff (the fast path refuses it).
+        let ad = Device::flex().autodiff();
+        conv.clone()
+            .to_device(&ad)
+            .forward(x.to_device(&ad))
+            .inner()
+            .to_device(&Device::flex())
+    }
+
+    #[test]
+    fn same_convolutions_match_burn() {
+        let d = Device::flex();
+        for (c, o, k, h, w, bias) in [
+            (3, 5, 3, 7, 9, true),
+            (4, 4, 1, 6, 5, false),
+            (6, 2, 5, 8, 8, true),
+            (8, 16, 3, 1, 1, false),
+        ] {
+            let pad = (k - 1) / 2;
+            let conv = Conv2dConfig::new([c, o], [k, k])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_bias(bias)
+                .init(&d);
+            let x = Tensor::<4>::random([2, c, h, w], Distribution::Normal(0.0, 1.0), &d);
+            let residual = Tensor::<4>::random([2, o, h, w], Distribution::Normal(0.0, 1.0), &d);
+            assert!(conv2d_fast(&conv, &x, None).is_some(), "fast path taken");
+            let fast = conv2d(&conv, x.clone(), Some(residual.clone()));
+            let slow = reference_conv(&conv, x) + residual;
+            fast.into_data()
+                .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn other_convolutions_fall_back() {
+        let d = Device::flex();
+        let strided = Conv2dConfig::new([3, 4], [2, 2])
+            .with_stride([2, 2])
+            .init(&d);
+        let x = Tensor::<4>::random([1, 3, 8, 8], Distribution::Default, &d);
+        assert!(conv2d_fast(&strided, &x, None).is_none());
+        assert_eq!(conv2d(&strided, x, None).dims(), [1, 4, 4, 4]);
+    }
+
+    #[test]
+    fn group_norm_silu_matches_burn() {
+        let d = Device::flex();
+        let ad = d.clone().autodiff();
+        let mut norm = GroupNormConfig::new(4, 8).with_epsilon(1e-6).init(&d);
+        norm.gamma = norm
+            .gamma
+            .map(|g| g.map(|_| Tensor::random([8], Distribution::Normal(1.0, 0.5), &d)));
+        norm.beta = norm
+            .beta
+            .map(|b| b.map(|_| Tensor::random([8], Distribution::Normal(0.0, 0.5), &d)));
+        let x = Tensor::<4>::random([3, 8, 5, 6], Distribution::Normal(2.0, 3.0), &d);
+        assert!(group_norm_silu_fast(&norm, &x).is_some());
+        let fast = group_norm_silu(&norm, x.clone());
+        let slow = silu(norm.clone().to_device(&ad).forward(x.to_device(&ad)))
+            .inner()
+            .to_device(&d);
+        fast.into_data()
+            .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    /// erf in f64 by its Taylor series (enough terms for |x| <= 4.5), for checking the f32 one.
+    fn erf_reference(x: f64) -> f64 {
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 * 0.01;
+            let exact = (x as f64).exp();
+            let rel = ((exp_f32(x) as f64 - exact) / exact).abs();
+            assert!(rel < 3e-7, "exp({x}): relative error {rel}");
+        }
+        for i in -600..=600 {
+            let x = i as f32 * 0.0075;
+            let exact = erf_reference(x as f64);
+            let err = (erf_f32(x) as f64 - exact).abs();
+            assert!(err < 3e-7, "erf({x}): error {err}");
+        }
+    }
+
+    #[test]
+    fn gelu_matches_burn() {
+        let d = Device::flex();
+        let ad = d.clone().autodiff();
+        let x = Tensor::<3>::random([2, 7, 33], Distribution::Normal(0.0, 3.0), &d);
+        let slow = burn::tensor::activation::gelu(x.clone().to_device(&ad))
+            .inner()
+            .to_device(&d);
+        gelu(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(2e-6));
+    }
+
+    #[test]
+    fn attention_matches_burn() {
+        let d = Device::flex();
+        let ad = d.clone().autodiff();
+        let (b, s, heads, hd) = (2, 9, 3, 4);
+        let w = heads * hd;
+        let qkv = Tensor::<3>::random([b, s, 3 * w], Distribution::Normal(0.0, 2.0), &d);
+        let fast = attention(&qkv, heads).expect("fast path");
+        let x = qkv.to_device(&ad);
+        let split = |t: Tensor<3>| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
+        let q = split(x.clone().narrow(2, 0, w));
+        let k = split(x.clone().narrow(2, w, w));
+        let v = split(x.narrow(2, 2 * w, w));
+        let p = burn::tensor::activation::softmax(
+            q.matmul(k.swap_dims(2, 3))
+                .mul_scalar((hd as f64).powf(-0.5)),
+            3,
+        );
+        let slow = p
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, s, w])
+            .inner()
+            .to_device(&d);
+        fast.into_data()
+            .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn upsampling_matches_burn() {
+        let d = Device::flex();
+        let x = Tensor::<4>::random([2, 3, 4, 5], Distribution::Default, &d);
+        let expected = x
+            .clone()
+            .reshape([24, 1, 5, 1])
+            .expand([24, 2, 5, 2])
+            .reshape([2, 3, 8, 10]);
+        upsample_nearest_2x(x)
+            .into_data()
+            .assert_eq(&expected.into_data(), true);
+    }
+}
