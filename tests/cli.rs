@@ -141,3 +141,35 @@ fn importing_a_non_checkpoint_says_so() {
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not a usable weights file"), "{stderr}");
 }
+
+#[test]
+fn a_bad_device_list_for_training_is_an_error_message() {
+    let out = temp_dir("devices");
+    for (list, says) in [
+        ("cpu,cpu", "appears twice"),
+        ("tpu", "unknown device `tpu`"),
+        ("wgpu:999", "discrete GPU"),
+    ] {
+        let result = sftok()
+            .args([
+                "train",
+                "teacher",
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--devices",
+                list,
+            ])
+            .arg("--data")
+            .arg(repo().join("assets/samples"))
+            .arg("--out")
+            .arg(out.join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{list}: {stderr}");
+        assert!(stderr.contains(says), "{list}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -60,6 +60,98 @@ pub fn choose_device(choice: DeviceChoice) -> Result<ChosenDevice> {
     }
 }
 
+/// Devices for data-parallel training on one machine, from a comma-separated list:
+/// - `cpu`: burn's CPU backend;
+/// - `wgpu`: wgpu's default adapter;
+/// - `wgpu:N`: the N-th discrete GPU wgpu finds (0-based, burn's `DeviceKind::DiscreteGpu(N)`);
+/// - `all-gpus`: every discrete GPU wgpu finds.
+///
+/// Each device may appear once. The first one holds the optimiser and the checkpoints.
+pub fn choose_devices(spec: &str) -> Result<Vec<ChosenDevice>> {
+    let gpus = || discrete_gpus();
+    let mut chosen: Vec<(String, ChosenDevice)> = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        let picked: Vec<(String, ChosenDevice)> = match item {
+            "" => {
+                return Err(SftokError::Device(format!(
+                    "empty entry in the device list `{spec}`; write e.g. wgpu:0,wgpu:1"
+                )));
+            }
+            "cpu" | "flex" => vec![("cpu".into(), cpu())],
+            "wgpu" | "gpu" => vec![("wgpu".into(), choose_device(DeviceChoice::Wgpu)?)],
+            "all-gpus" => {
+                let found = gpus();
+                if found.is_empty() {
+                    return Err(SftokError::Device(
+                        "all-gpus: wgpu finds no discrete GPU on this machine; use --device cpu or wgpu".into(),
+                    ));
+                }
+                found
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, name)| (format!("wgpu:{i}"), discrete(i, &name)))
+                    .collect()
+            }
+            other => match other.strip_prefix("wgpu:").map(str::parse::<usize>) {
+                Some(Ok(i)) => {
+                    let found = gpus();
+                    let Some(name) = found.get(i) else {
+                        return Err(SftokError::Device(format!(
+                            "wgpu:{i}: wgpu finds {} discrete GPU{} on this machine ({}); indices start at 0",
+                            found.len(),
+                            if found.len() == 1 { "" } else { "s" },
+                            if found.is_empty() {
+                                "none".to_string()
+                            } else {
+                                found.join(", ")
+                            }
+                        )));
+                    };
+                    vec![(format!("wgpu:{i}"), discrete(i, name))]
+                }
+                _ => {
+                    return Err(SftokError::Device(format!(
+                        "unknown device `{other}` in `{spec}`: use cpu, wgpu, wgpu:N (the N-th discrete GPU) or all-gpus"
+                    )));
+                }
+            },
+        };
+        for (key, device) in picked {
+            if chosen.iter().any(|(k, _)| *k == key) {
+                return Err(SftokError::Device(format!(
+                    "`{key}` appears twice in the device list `{spec}`: give each device once"
+                )));
+            }
+            chosen.push((key, device));
+        }
+    }
+    Ok(chosen.into_iter().map(|(_, d)| d).collect())
+}
+
+fn discrete(index: usize, name: &str) -> ChosenDevice {
+    ChosenDevice {
+        device: Device::wgpu(DeviceKind::DiscreteGpu(index)),
+        description: format!("wgpu:{index} ({name})"),
+    }
+}
+
+/// Names of the discrete GPUs wgpu finds, in its order.
+fn discrete_gpus() -> Vec<String> {
+    use burn::tensor::wgpu::wgpu;
+    std::panic::catch_unwind(|| {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        adapters
+            .into_iter()
+            .map(|a| a.get_info())
+            .filter(|info| info.device_type == wgpu::DeviceType::DiscreteGpu)
+            .map(|info| format!("{} via {:?}", info.name, info.backend))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 fn cpu() -> ChosenDevice {
     ChosenDevice {
         device: Device::flex(),
@@ -87,4 +179,28 @@ fn first_adapter(hardware_only: bool) -> Option<String> {
     })
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod device_list_tests {
+    use super::*;
+
+    #[test]
+    fn device_lists_are_parsed_and_checked() {
+        let one = choose_devices("cpu").unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].description.starts_with("cpu"));
+        for (spec, says) in [
+            ("cpu,cpu", "appears twice"),
+            ("cpu,", "empty entry"),
+            ("tpu", "unknown device `tpu`"),
+            ("wgpu:x", "unknown device `wgpu:x`"),
+        ] {
+            let err = choose_devices(spec).unwrap_err().to_string();
+            assert!(err.contains(says), "{spec}: {err}");
+        }
+        // No machine that runs the tests has 1000 GPUs: the message says how many there are.
+        let err = choose_devices("wgpu:999").unwrap_err().to_string();
+        assert!(err.contains("discrete GPU"), "{err}");
+    }
 }

@@ -17,5 +17,5 @@ pub mod schedule;
 pub mod train;
 
 pub use config::{AssignmentMode, SftokConfig};
-pub use device::{ChosenDevice, DeviceChoice, choose_device};
+pub use device::{ChosenDevice, DeviceChoice, choose_device, choose_devices};
 pub use error::{Result, SftokError};

@@ -302,3 +302,97 @@ fn unreadable_training_files_are_skipped_and_listed() {
         assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
     }
 }
+
+/// The final weights of a run, by tensor name.
+fn run_weights(run_dir: &Path) -> StateDict {
+    read_weights(
+        &RunDir::new(run_dir)
+            .model_dir()
+            .join(sftok_core::checkpoint::MODEL_FILE),
+    )
+    .expect("the run's saved model")
+}
+
+/// Loss and gradient norm (before clipping) of every logged step.
+fn run_on(config: TrainConfig, out: &Path, devices: &[Device]) -> Vec<(u64, f64, f64)> {
+    let mut events = Vec::new();
+    sftok_core::train::train_data_parallel(
+        config,
+        out,
+        false,
+        devices,
+        &mut |e| events.push(e),
+        &StopHandle::new(),
+    )
+    .expect("training run");
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Metrics(row) => Some((
+                row["step"].as_u64()?,
+                row["loss"].as_f64()?,
+                row["grad_norm"].as_f64()?,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Data parallel training over two devices (here two copies of the CPU device, each in its own
+/// thread with its own model copy and half of every batch) gives the same losses and weights as
+/// one device: stage 1's loss is a mean over the batch, so the weighted sum of the shards'
+/// gradients is the whole batch's gradient.
+#[test]
+fn data_parallel_training_matches_one_device() {
+    let data = image_folder("dp-data", 10);
+    let teacher = tiny_teacher(&data, "dp");
+    let init = temp_dir("dp-init");
+    let tiny = SftokConfig::tiny();
+    sftok_core::checkpoint::save_model_dir(&init, &tiny, &Sftok::new(&tiny, &Device::flex()), None)
+        .unwrap();
+    let mut config = tiny_config(StageKind::Stage1, &data, 3);
+    config.teacher = Some(teacher);
+    config.init = Some(init);
+    config.batch_size = 5; // shards of 3 and 2: unequal shares are weighted
+    let one = temp_dir("dp-one");
+    let two = temp_dir("dp-two");
+    let single = run_on(config.clone(), &one, &[Device::flex()]);
+    let parallel = run_on(config.clone(), &two, &[Device::flex(), Device::flex()]);
+    assert_eq!(single.len(), 3);
+    for ((s1, l1, g1), (s2, l2, g2)) in single.iter().zip(&parallel) {
+        assert_eq!(s1, s2);
+        assert!(
+            (l1 - l2).abs() < 1e-4,
+            "step {s1}: loss {l1} on one device, {l2} on two"
+        );
+        // The gradient norm sees the shards' weighting directly (Adam's update hardly does).
+        assert!(
+            (g1 - g2).abs() < 1e-4 * g1.abs().max(1e-3),
+            "step {s1}: gradient norm {g1} on one device, {g2} on two"
+        );
+    }
+    let (a, b) = (run_weights(&one), run_weights(&two));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for (name, ta) in &a {
+        let (va, vb) = (ta.as_f32(), b[name].as_f32());
+        for (x, y) in va.iter().zip(&vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst < 1e-4, "weights differ by up to {worst}");
+
+    // A batch smaller than the device count is refused with a message.
+    config.batch_size = 1;
+    let err = sftok_core::train::train_data_parallel(
+        config,
+        &temp_dir("dp-small"),
+        false,
+        &[Device::flex(), Device::flex()],
+        &mut |_| {},
+        &StopHandle::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("batch size of at least 2"), "{err}");
+}

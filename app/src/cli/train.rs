@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sftok_core::train::config::PerceptualWeights;
 use sftok_core::train::masking::Stage2Inputs;
 use sftok_core::train::trainer::model_config_of;
-use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train};
+use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train_data_parallel};
 use sftok_core::{DeviceChoice, SftokConfig};
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +84,11 @@ pub struct Args {
     /// auto, cpu or wgpu.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Data-parallel training on several devices of this machine, instead of --device: a
+    /// comma-separated list of cpu, wgpu, wgpu:N (the N-th discrete GPU) or all-gpus. Each batch
+    /// is split over them; the first holds the optimiser and the checkpoints.
+    #[arg(long)]
+    pub devices: Option<String>,
 }
 
 impl Args {
@@ -179,7 +184,22 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = config_from_args(&args)?;
-    let chosen = super::device(args.device)?;
+    let chosen: Vec<sftok_core::ChosenDevice> = match &args.devices {
+        Some(list) => sftok_core::choose_devices(list)?,
+        None => vec![super::device(args.device)?],
+    };
+    if chosen.len() > 1 {
+        eprintln!(
+            "data parallel over {} devices: {}",
+            chosen.len(),
+            chosen
+                .iter()
+                .map(|c| c.description.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let devices: Vec<burn::tensor::Device> = chosen.iter().map(|c| c.device.clone()).collect();
     let stop = StopHandle::new();
     {
         let stop = stop.clone();
@@ -243,13 +263,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         TrainEvent::Failed { message } => bar.abandon_with_message(format!("failed: {message}")),
         _ => {}
     };
-    train(
-        config,
-        &args.out,
-        args.resume,
-        &chosen.device,
-        &mut emit,
-        &stop,
-    )?;
+    train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;
     Ok(())
 }

@@ -122,9 +122,11 @@ fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
 ///
 /// The input of each image is copied once into a zero-padded plane per channel of width
 /// `wp = w + k - 1`. On that layout the input pixel under kernel tap (ky, kx) for output (y, x) is at
-/// `(y + ky) * wp + x + kx`: one constant offset per tap. So the output, computed on a grid of
-/// `h` rows of `wp` columns (the last k-1 columns of each row are never read), is a sum of k*k
-/// matrix products `W_tap [o, c] x X_shifted [c, h*wp]`, each a plain strided GEMM.
+/// `(y + ky) * wp + x + kx`: one constant offset per tap. So a block of output rows, computed on a
+/// grid of `rows` rows of `wp` columns (the last k-1 columns of each row are never read), is a sum
+/// of k*k matrix products `W_tap [o, c] x X_shifted [c, rows*wp]`, each a plain strided GEMM.
+/// Blocks of rows run in parallel, each into a small grid that stays in cache until its rows are
+/// written out with the bias and the residual added.
 fn same_conv(
     x: &[f32],
     [batch, c, h, w]: [usize; 4],
@@ -137,17 +139,20 @@ fn same_conv(
     let pad = (k - 1) / 2;
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let plane = hp * wp;
-    let n = h * wp;
     let taps = k * k;
     let mut out = vec![0.0f32; batch * o * h * w];
     // Reads for the junk columns of the last rows run up to k-1 values past the last plane.
-    let mut padded = vec![0.0f32; c * plane + k];
-    let mut grid = vec![0.0f32; o * n];
-    let parallelism = if o * n * c * taps >= 1 << 22 {
-        gemm::Parallelism::Rayon(0)
+    let mut padded = if pad == 0 {
+        Vec::new()
     } else {
-        gemm::Parallelism::None
+        vec![0.0f32; c * plane + k]
     };
+    // About 2 MiB of grid per block (o x rows x wp floats), and at least a few blocks per thread.
+    let threads = rayon::current_num_threads().max(1);
+    let rows = (((1 << 19) / (o * wp).max(1)).max(1))
+        .min(h.div_ceil(2 * threads))
+        .max(1);
+    let blocks = h.div_ceil(rows);
     for b in 0..batch {
         let image = &x[b * c * h * w..(b + 1) * c * h * w];
         let src: &[f32] = if pad == 0 {
@@ -163,54 +168,62 @@ fn same_conv(
                 });
             &padded
         };
-        for ky in 0..k {
-            for kx in 0..k {
-                let tap = ky * k + kx;
-                // SAFETY: dst is o x n (row stride n); lhs is weight[o][c][tap] with row stride
-                // c*taps and column stride taps; rhs reads rows of length n at offset
-                // ky*wp + kx within each of the c planes (stride `plane`), inside `src` as argued
-                // above (the padded buffer has k values of slack; with pad 0 there is one tap and
-                // the offset is 0, so rhs is exactly the image).
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        n,
-                        c,
-                        grid.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        tap > 0,
-                        weight.as_ptr().add(tap),
-                        taps as isize,
-                        (c * taps) as isize,
-                        src.as_ptr().add(ky * wp + kx),
-                        1,
-                        plane as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
+        let out_addr = out[b * o * h * w..].as_mut_ptr() as usize;
+        let res_image = residual.map(|r| &r[b * o * h * w..(b + 1) * o * h * w]);
+        (0..blocks).into_par_iter().for_each(|block| {
+            let y0 = block * rows;
+            let nrows = rows.min(h - y0);
+            let n = nrows * wp;
+            let mut grid = vec![0.0f32; o * n];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let tap = ky * k + kx;
+                    // SAFETY: grid is o x n (row stride n); lhs is weight[o][c][tap] with row
+                    // stride c*taps and column stride taps; rhs reads, in each of the c planes
+                    // (stride `plane`), n values from (y0 + ky) * wp + kx, which stay inside `src`
+                    // as argued above (the padded buffer has k values of slack; with pad 0 there
+                    // is one tap, wp = w and rhs is rows y0.. of the image).
+                    unsafe {
+                        gemm::gemm(
+                            o,
+                            n,
+                            c,
+                            grid.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            tap > 0,
+                            weight.as_ptr().add(tap),
+                            taps as isize,
+                            (c * taps) as isize,
+                            src.as_ptr().add((y0 + ky) * wp + kx),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
                 }
             }
-        }
-        let out_image = &mut out[b * o * h * w..(b + 1) * o * h * w];
-        let res_image = residual.map(|r| &r[b * o * h * w..(b + 1) * o * h * w]);
-        out_image
-            .par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(oc, dst)| {
+            for oc in 0..o {
                 let add = bias.map_or(0.0, |b| b[oc]);
-                let rows = &grid[oc * n..(oc + 1) * n];
-                for y in 0..h {
-                    let row = &rows[y * wp..y * wp + w];
-                    let d = &mut dst[y * w..(y + 1) * w];
+                for r in 0..nrows {
+                    let y = y0 + r;
+                    let row = &grid[oc * n + r * wp..][..w];
+                    // SAFETY: output rows y0..y0+nrows of every channel belong to this block only.
+                    let d = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out_addr as *mut f32).add(oc * h * w + y * w),
+                            w,
+                        )
+                    };
                     match res_image {
-                        Some(r) => {
-                            let r = &r[oc * h * w + y * w..][..w];
-                            for ((d, g), r) in d.iter_mut().zip(row).zip(r) {
+                        Some(res) => {
+                            let res = &res[oc * h * w + y * w..][..w];
+                            for ((d, g), r) in d.iter_mut().zip(row).zip(res) {
                                 *d = g + add + r;
                             }
                         }
@@ -221,7 +234,8 @@ fn same_conv(
                         }
                     }
                 }
-            });
+            }
+        });
     }
     out
 }
@@ -454,6 +468,89 @@ pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
     Some(from_vec(out, [b, s, w]))
 }
 
+/// `x W + b` for `x` `[.., d_in]` and `weight` `[d_in, d_out]` (any strides: a transposed view
+/// is read in place), as `burn::tensor::module::linear` computes it; the bias is written into the
+/// output first and the product accumulated onto it, so it costs no extra pass.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    match linear_fast(&x, &weight, bias.as_ref()) {
+        Some(out) => out,
+        None => burn::tensor::module::linear(x, weight, bias),
+    }
+}
+
+/// [`linear`] with a `burn::nn::Linear`'s parameters.
+pub fn linear_layer<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+fn linear_fast<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    if D < 2 || dims[D - 1] != d_in {
+        return None;
+    }
+    let input = flex_values(x)?;
+    // The weight as stored (no copy): strides and offset from its layout.
+    let w = weight.clone().try_into_primitive::<Flex>().ok()?;
+    if w.dtype() != DType::F32 || !w.layout().has_positive_strides() {
+        return None;
+    }
+    let (w_rs, w_cs) = (w.layout().strides()[0], w.layout().strides()[1]);
+    let w_ptr = w.storage::<f32>()[w.layout().start_offset()..].as_ptr();
+    let bias = match bias {
+        Some(b) => Some(flex_values(b)?),
+        None => None,
+    };
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut out = vec![0.0f32; rows * d_out];
+    if let Some(b) = &bias {
+        let b = f32s(b);
+        out.par_chunks_mut(d_out)
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    let parallelism = if rows * d_in * d_out >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: out is rows x d_out (row stride d_out); x is rows x d_in, contiguous; the weight is
+    // d_in x d_out with the strides of its own layout, from its start offset.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d_out,
+            d_in,
+            out.as_mut_ptr(),
+            1,
+            d_out as isize,
+            bias.is_some(),
+            f32s(&input).as_ptr(),
+            1,
+            d_in as isize,
+            w_ptr,
+            w_cs,
+            w_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    let mut shape = dims;
+    shape[D - 1] = d_out;
+    Some(from_vec(out, shape))
+}
+
 /// `silu(norm.forward(x))` in one pass where it can.
 pub fn group_norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     group_norm_silu_fast(norm, &x).unwrap_or_else(|| silu(norm.forward(x)))
@@ -678,6 +775,33 @@ mod tests {
             .to_device(&d);
         fast.into_data()
             .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn linear_matches_burn_with_plain_and_transposed_weights() {
+        let d = Device::flex();
+        let ad = d.clone().autodiff();
+        let x = Tensor::<3>::random([2, 5, 7], Distribution::Normal(0.0, 1.0), &d);
+        let w = Tensor::<2>::random([7, 4], Distribution::Normal(0.0, 1.0), &d);
+        let wt = Tensor::<2>::random([4, 7], Distribution::Normal(0.0, 1.0), &d);
+        let b = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &d);
+        for (weight, bias) in [
+            (w, Some(b.clone())),
+            (wt.clone().transpose(), None),
+            (wt.transpose(), Some(b)),
+        ] {
+            assert!(linear_fast(&x, &weight, bias.as_ref()).is_some());
+            let fast = linear(x.clone(), weight.clone(), bias.clone());
+            let slow = burn::tensor::module::linear(
+                x.clone().to_device(&ad),
+                weight.to_device(&ad),
+                bias.map(|b| b.to_device(&ad)),
+            )
+            .inner()
+            .to_device(&d);
+            fast.into_data()
+                .assert_approx_eq::<f32>(&slow.into_data(), Tolerance::absolute(1e-5));
+        }
     }
 
     #[test]

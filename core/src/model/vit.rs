@@ -7,7 +7,6 @@
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
-use burn::tensor::module::linear as linear_op;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::VitConfig;
@@ -66,13 +65,13 @@ impl MultiheadAttention {
         let [b, s, w] = x.dims();
         let h = self.num_heads;
         let hd = w / h;
-        let qkv = linear_op(
+        let qkv = super::cpu_kernels::linear(
             x,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
         ); // [b, s, 3w]
         if let Some(out) = super::cpu_kernels::attention(&qkv, h) {
-            return self.out_proj.forward(out);
+            return super::cpu_kernels::linear_layer(&self.out_proj, out);
         }
         let heads = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2); // [b, h, s, hd]
         let q = heads(qkv.clone().narrow(2, 0, w));
@@ -94,8 +93,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj
-            .forward(super::cpu_kernels::gelu(self.c_fc.forward(x)))
+        use super::cpu_kernels::{gelu, linear_layer};
+        linear_layer(&self.c_proj, gelu(linear_layer(&self.c_fc, x)))
     }
 }
 

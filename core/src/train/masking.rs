@@ -16,6 +16,15 @@ pub struct MaskDraw {
 }
 
 impl MaskDraw {
+    /// The draws of samples `start..start + len` (one device's shard of a batch).
+    pub fn slice(&self, start: usize, len: usize) -> MaskDraw {
+        MaskDraw {
+            timesteps: self.timesteps[start..start + len].to_vec(),
+            perm_rand: self.perm_rand[start..start + len].to_vec(),
+            replace_rand: self.replace_rand[start..start + len].to_vec(),
+        }
+    }
+
     pub fn sample(rng: &mut impl Rng, batch: usize, num_codes: usize) -> Self {
         let row = |rng: &mut dyn rand::RngCore| {
             (0..num_codes)

@@ -14,4 +14,4 @@ pub mod trainer;
 
 pub use config::{StageKind, TrainConfig};
 pub use events::{StopHandle, TrainEvent};
-pub use trainer::{TrainOutcome, train};
+pub use trainer::{TrainOutcome, train, train_data_parallel};

@@ -120,7 +120,43 @@ pub fn train(
     emit: &mut dyn FnMut(TrainEvent),
     stop: &StopHandle,
 ) -> Result<TrainOutcome> {
-    let result = train_inner(config, run_dir, resume, device, emit, stop);
+    train_data_parallel(
+        config,
+        run_dir,
+        resume,
+        std::slice::from_ref(device),
+        emit,
+        stop,
+    )
+}
+
+/// [`train`] on several devices of one machine (data parallel).
+///
+/// Every micro-batch is split into one contiguous shard per device (sizes differ by at most one
+/// image); each device runs the forward and backward pass of its shard on its own copy of the
+/// model, in its own thread, and the gradients are brought to the first device and summed there,
+/// each shard's loss weighted by its share of the batch. The optimiser, the EMA, the
+/// discriminator's update and the checkpoints live on the first device, and the copies are
+/// refreshed from it before every step. This is what PyTorch's DistributedDataParallel does (the
+/// mean over devices of each device's loss), and what burn's own multi-device training
+/// (`burn-train`'s multi-device strategy) does, with gradients moved between devices by burn.
+/// Random draws (masks, replacement coins) are made for the whole batch before it is split, so a
+/// run's data and randomness do not depend on the number of devices; losses whose normaliser is
+/// the batch (all but stage 2's weighted CE, normalised per device as the official code does under
+/// DDP) give the same update as one device up to float rounding.
+pub fn train_data_parallel(
+    config: TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    devices: &[Device],
+    emit: &mut dyn FnMut(TrainEvent),
+    stop: &StopHandle,
+) -> Result<TrainOutcome> {
+    let result = if devices.is_empty() {
+        Err(SftokError::Device("no device given to train on".into()))
+    } else {
+        train_inner(config, run_dir, resume, devices, emit, stop)
+    };
     if let Err(e) = &result {
         emit(TrainEvent::Failed {
             message: e.to_string(),
@@ -133,10 +169,11 @@ fn train_inner(
     mut config: TrainConfig,
     run_dir: &Path,
     resume: bool,
-    device: &Device,
+    devices: &[Device],
     emit: &mut dyn FnMut(TrainEvent),
     stop: &StopHandle,
 ) -> Result<TrainOutcome> {
+    let device = &devices[0];
     let run = RunDir::new(run_dir);
     let latest = run.latest_checkpoint();
     if resume {
@@ -156,6 +193,14 @@ fn train_inner(
         )));
     }
     config.model.validate()?;
+    if config.batch_size < devices.len() {
+        return Err(SftokError::Other(format!(
+            "a batch of {} cannot be split over {} devices: use a batch size of at least {}",
+            config.batch_size,
+            devices.len(),
+            devices.len()
+        )));
+    }
     run.create()?;
     crate::checkpoint::files::write_atomic(
         &run.config_path(),
@@ -240,9 +285,24 @@ fn train_inner(
     emit(TrainEvent::Started {
         total_steps: config.steps,
         resumed_from,
-        device: format!("{device:?}"),
+        device: if devices.len() == 1 {
+            format!("{device:?}")
+        } else {
+            format!("{} devices: {devices:?}", devices.len())
+        },
         skipped_files: 0,
     });
+
+    // The frozen helpers, once per extra device.
+    let extra_devices: Vec<Device> = devices[1..].to_vec();
+    let teachers: Vec<Option<Vqgan>> = extra_devices
+        .iter()
+        .map(|d| teacher.clone().map(|t| t.to_device(d)))
+        .collect();
+    let lpipses: Vec<Option<Lpips>> = extra_devices
+        .iter()
+        .map(|d| lpips.clone().map(|l| l.to_device(&d.clone().autodiff())))
+        .collect();
 
     let schedule = LrSchedule {
         peak: config.lr,
@@ -272,118 +332,152 @@ fn train_inner(
         for _ in 0..config.grad_accum.max(1) {
             let batch = next_batch(&mut loader)?;
             progress.state.images_seen += batch.batch_size as u64;
-            let x = batch_tensor(&batch, &ad);
-            let (loss, parts, recon_for_preview) = match &trainee {
-                Trainee::Teacher(model) => {
-                    let out = teacher_forward(model, x.clone(), config.model.vqgan.commitment_cost);
-                    progress.usage.record(&out.codes, step);
+            let draw = matches!(trainee, Trainee::Tokenizer(_)).then(|| {
+                MaskDraw::sample(&mut rng, batch.batch_size, config.model.num_proxy_codes())
+            });
+            let wants_latents = matches!(trainee, Trainee::Teacher(_))
+                && config.dead_code_window > 0
+                && (step + 1).is_multiple_of(config.dead_code_window);
+            let context = ShardContext {
+                config: &config,
+                gan_on,
+                wants_preview: config.preview_every > 0
+                    && (step + 1).is_multiple_of(config.preview_every),
+                wants_latents,
+                main: ad.clone(),
+            };
+            let discs: Vec<Option<PatchDiscriminator>> = extra_devices
+                .iter()
+                .map(|d| {
+                    progress
+                        .disc
+                        .as_ref()
+                        .filter(|_| gan_on)
+                        .map(|(disc, _)| disc.clone().fork(&d.clone().autodiff()))
+                })
+                .collect();
+            let replicas: Vec<Trainee> = extra_devices
+                .iter()
+                .map(|d| trainee.fork(&d.clone().autodiff()))
+                .collect();
+            let shards = split_batch(batch.batch_size, devices.len());
+            let total = batch.batch_size as f64;
+            let main_disc = progress.disc.as_ref().map(|(d, _)| d);
+            let outputs: Vec<Result<ShardOutput>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = shards[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(start, len))| {
+                        let device = extra_devices[i].clone();
+                        let (model, teacher, lpips, disc) =
+                            (&replicas[i], &teachers[i], &lpipses[i], &discs[i]);
+                        let pixels = &batch;
+                        let draw = draw.as_ref().map(|d| d.slice(start, len));
+                        let context = &context;
+                        scope.spawn(move || {
+                            let x = shard_tensor(pixels, start, len, &device.autodiff());
+                            run_shard(
+                                context,
+                                model,
+                                teacher.as_ref(),
+                                lpips.as_ref(),
+                                disc.as_ref(),
+                                x,
+                                draw.as_ref(),
+                                len as f64 / total,
+                            )
+                        })
+                    })
+                    .collect();
+                let (start, len) = shards[0];
+                let first = run_shard(
+                    &context,
+                    &trainee,
+                    teacher.as_ref(),
+                    lpips.as_ref(),
+                    main_disc,
+                    shard_tensor(&batch, start, len, &ad),
+                    draw.as_ref().map(|d| d.slice(start, len)).as_ref(),
+                    len as f64 / total,
+                );
+                std::iter::once(first)
+                    .chain(handles.into_iter().map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(SftokError::Other(
+                                "a training thread of another device failed".into(),
+                            ))
+                        })
+                    }))
+                    .collect()
+            });
+            let mut codes: Vec<i64> = Vec::new();
+            let mut accuracy = 0.0;
+            let mut latents: Option<Vec<f32>> = None;
+            let mut previews: Vec<(Tensor<4>, Tensor<4>)> = Vec::new();
+            for (out, &(_, len)) in outputs.into_iter().zip(&shards) {
+                let out = out?;
+                let weight = len as f64 / total;
+                if !out.loss.is_finite() {
+                    let last_good = run
+                        .latest_checkpoint()
+                        .map_or("none yet".to_string(), |(s, _)| format!("step {s}"));
+                    return Err(SftokError::Other(format!(
+                        "the loss became {} at step {}; training stopped without saving this step. The last good checkpoint ({last_good}) is intact; start a new run from it (--init) with a lower learning rate (--lr)",
+                        out.loss,
+                        step + 1
+                    )));
+                }
+                for (name, v) in out.parts {
+                    accumulate(&mut terms, name, v * weight);
+                }
+                accumulate(&mut terms, "loss", out.loss * weight);
+                grads_total = Some(match grads_total.take() {
+                    None => out.grads,
+                    Some(mut total) => {
+                        merge_grads(&trainee, &mut total, out.grads);
+                        total
+                    }
+                });
+                codes.extend(out.codes);
+                accuracy += out.proxy_accuracy.unwrap_or(0.0) * weight;
+                if let Some(fake) = out.fake {
+                    fakes_for_disc.push(fake);
+                }
+                if let Some(l) = out.latents {
+                    latents.get_or_insert_with(Vec::new).extend(l);
+                }
+                previews.extend(out.preview);
+            }
+            if latents.is_some() {
+                // Dead codes are restarted after the update (below), at this micro-batch's latents.
+                restart_latents = latents;
+            }
+            if !previews.is_empty() {
+                let (origs, recons): (Vec<_>, Vec<_>) = previews.into_iter().unzip();
+                preview = Some((Tensor::cat(origs, 0), Tensor::cat(recons, 0)));
+            }
+            match &trainee {
+                Trainee::Teacher(_) => {
+                    progress.usage.record(&codes, step);
                     extra.insert(
                         "perplexity".into(),
-                        json!(perplexity(&out.codes, config.model.vqgan.num_embeddings)),
+                        json!(perplexity(&codes, config.model.vqgan.num_embeddings)),
                     );
-                    let (loss, parts) = pixel_losses(
-                        &config,
-                        &x,
-                        &out.reconstruction,
-                        lpips.as_ref(),
-                        progress.disc.as_ref(),
-                        gan_on,
+                }
+                Trainee::Tokenizer(_) if config.stage != StageKind::Stage3 => {
+                    extra.insert("proxy_accuracy".into(), json!(accuracy));
+                    let used: std::collections::BTreeSet<i64> = codes.iter().copied().collect();
+                    extra.insert(
+                        "codebook_utilisation".into(),
+                        json!(used.len() as f64 / config.model.quantizer.codebook_size as f64),
                     );
-                    let loss = loss + out.codebook_loss.clone() + out.commitment_loss.clone();
-                    let mut parts = parts;
-                    parts.push(("codebook_loss", scalar(&out.codebook_loss)));
-                    parts.push(("commitment_loss", scalar(&out.commitment_loss)));
-                    if config.dead_code_window > 0
-                        && (step + 1).is_multiple_of(config.dead_code_window)
-                    {
-                        // Dead codes are restarted after the update (below), at these latents.
-                        restart_latents = Some(out.latents.clone());
-                    }
-                    fakes_for_disc.push((x.clone(), out.reconstruction.clone()));
-                    (loss, parts, out.reconstruction)
+                    extra.insert(
+                        "perplexity".into(),
+                        json!(perplexity(&codes, config.model.quantizer.codebook_size)),
+                    );
                 }
-                Trainee::Tokenizer(model) => match config.stage {
-                    StageKind::Stage3 => {
-                        let n = config.model.num_proxy_codes();
-                        let draw = MaskDraw::sample(&mut rng, batch.batch_size, n);
-                        let recon = stage3_forward(model, x.clone(), &draw);
-                        let (loss, parts) = pixel_losses(
-                            &config,
-                            &x,
-                            &recon,
-                            lpips.as_ref(),
-                            progress.disc.as_ref(),
-                            gan_on,
-                        );
-                        fakes_for_disc.push((x.clone(), recon.clone()));
-                        (loss, parts, recon)
-                    }
-                    _ => {
-                        let teacher = teacher.as_ref().expect("checked above");
-                        let proxy = rows_i64(teacher.encode(x.clone().inner()));
-                        let n = config.model.num_proxy_codes();
-                        let draw = MaskDraw::sample(&mut rng, batch.batch_size, n);
-                        let stage = if config.stage == StageKind::Stage1 {
-                            TokenStage::WarmUp
-                        } else {
-                            TokenStage::Stage2(config.stage2_inputs)
-                        };
-                        let out = token_step(model, x.clone(), &proxy, stage, &draw);
-                        extra.insert(
-                            "proxy_accuracy".into(),
-                            json!(proxy_accuracy(&out.logits, &proxy)),
-                        );
-                        let used: std::collections::BTreeSet<i64> =
-                            out.latent_ids.iter().flatten().copied().collect();
-                        extra.insert(
-                            "codebook_utilisation".into(),
-                            json!(used.len() as f64 / config.model.quantizer.codebook_size as f64),
-                        );
-                        let flat: Vec<i64> = out.latent_ids.iter().flatten().copied().collect();
-                        extra.insert(
-                            "perplexity".into(),
-                            json!(perplexity(&flat, config.model.quantizer.codebook_size)),
-                        );
-                        let parts = vec![
-                            ("recon_loss", scalar(&out.recon_loss)),
-                            ("quantizer_loss", scalar(&out.quantizer_loss)),
-                            ("commitment_loss", scalar(&out.commitment_loss)),
-                            ("codebook_loss", scalar(&out.codebook_loss)),
-                        ];
-                        let needs_preview = config.preview_every > 0
-                            && (step + 1).is_multiple_of(config.preview_every);
-                        let recon = if needs_preview {
-                            model.valid().pixels_from_logits(out.logits.clone().inner())
-                        } else {
-                            x.clone()
-                        };
-                        (out.total_loss, parts, recon)
-                    }
-                },
-            };
-            let loss_value = scalar(&loss);
-            if !loss_value.is_finite() {
-                let last_good = run
-                    .latest_checkpoint()
-                    .map_or("none yet".to_string(), |(s, _)| format!("step {s}"));
-                return Err(SftokError::Other(format!(
-                    "the loss became {loss_value} at step {}; training stopped without saving this step. The last good checkpoint ({last_good}) is intact; resume from it with a lower learning rate (--lr)",
-                    step + 1
-                )));
+                Trainee::Tokenizer(_) => {}
             }
-            for (name, v) in parts {
-                accumulate(&mut terms, name, v);
-            }
-            accumulate(&mut terms, "loss", loss_value);
-            let grads = trainee_ref(&trainee).grads(loss.backward());
-            grads_total = Some(match grads_total.take() {
-                None => grads,
-                Some(mut total) => {
-                    merge_grads(&trainee, &mut total, grads);
-                    total
-                }
-            });
-            preview = Some((x.inner(), recon_for_preview.inner()));
             progress.state.data_batch = batch.position.next().batch;
             progress.state.data_epoch = batch.position.next().epoch;
         }
@@ -538,26 +632,168 @@ fn train_inner(
     })
 }
 
-fn trainee_ref(t: &Trainee) -> TraineeRef<'_> {
-    match t {
-        Trainee::Teacher(m) => TraineeRef::Teacher(m),
-        Trainee::Tokenizer(m) => TraineeRef::Tokenizer(m),
-    }
-}
-
-/// A borrowed trainee that is a `Module` for `GradientsParams::from_grads`.
-enum TraineeRef<'a> {
-    Teacher(&'a Vqgan),
-    Tokenizer(&'a Sftok),
-}
-
-impl TraineeRef<'_> {
-    fn grads(&self, grads: burn::tensor::Gradients) -> GradientsParams {
+impl Trainee {
+    /// A copy on `device` with the same parameter ids, for another device's shard.
+    fn fork(&self, device: &Device) -> Trainee {
         match self {
-            TraineeRef::Teacher(m) => GradientsParams::from_grads(grads, *m),
-            TraineeRef::Tokenizer(m) => GradientsParams::from_grads(grads, *m),
+            Trainee::Teacher(m) => Trainee::Teacher(m.clone().fork(device)),
+            Trainee::Tokenizer(m) => Trainee::Tokenizer(m.clone().fork(device)),
         }
     }
+}
+
+/// What every shard of a step shares.
+struct ShardContext<'a> {
+    config: &'a TrainConfig,
+    gan_on: bool,
+    wants_preview: bool,
+    wants_latents: bool,
+    /// The first device (autodiff), where gradients and results are gathered.
+    main: Device,
+}
+
+/// What one device made of its shard; tensors are on the first device.
+struct ShardOutput {
+    /// The shard's loss (not weighted), and its terms.
+    loss: f64,
+    parts: Vec<(&'static str, f64)>,
+    /// Gradients of the loss weighted by the shard's share of the batch.
+    grads: GradientsParams,
+    /// The teacher's codes (teacher stage) or the latent ids (stages 1 and 2).
+    codes: Vec<i64>,
+    proxy_accuracy: Option<f64>,
+    /// (real, fake), detached, for the discriminator's update.
+    fake: Option<(Tensor<4>, Tensor<4>)>,
+    /// The encoder's latents, for restarting dead codes.
+    latents: Option<Vec<f32>>,
+    /// (originals, reconstructions), plain tensors, when a preview is due.
+    preview: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// `n` images in `k` contiguous shards whose sizes differ by at most one: `(start, len)`.
+fn split_batch(n: usize, k: usize) -> Vec<(usize, usize)> {
+    let (base, rest) = (n / k, n % k);
+    let mut start = 0;
+    (0..k)
+        .map(|i| {
+            let len = base + usize::from(i < rest);
+            let shard = (start, len);
+            start += len;
+            shard
+        })
+        .collect()
+}
+
+/// Images `start..start + len` of a batch as a tensor on `device`.
+fn shard_tensor(batch: &Batch, start: usize, len: usize, device: &Device) -> Tensor<4> {
+    let s = batch.image_size as usize;
+    let per_image = 3 * s * s;
+    Tensor::from_data(
+        TensorData::new(
+            batch.pixels[start * per_image..(start + len) * per_image].to_vec(),
+            [len, 3, s, s],
+        ),
+        device,
+    )
+}
+
+/// Forward and backward pass of one shard on the device of `model` (and of `x`).
+#[allow(clippy::too_many_arguments)]
+fn run_shard(
+    ctx: &ShardContext,
+    model: &Trainee,
+    teacher: Option<&Vqgan>,
+    lpips: Option<&Lpips>,
+    disc: Option<&PatchDiscriminator>,
+    x: Tensor<4>,
+    draw: Option<&MaskDraw>,
+    weight: f64,
+) -> Result<ShardOutput> {
+    let config = ctx.config;
+    let mut codes = Vec::new();
+    let mut accuracy = None;
+    let mut latents = None;
+    let (loss, parts, recon) = match model {
+        Trainee::Teacher(m) => {
+            let out = teacher_forward(m, x.clone(), config.model.vqgan.commitment_cost);
+            codes = out.codes.clone();
+            let (loss, mut parts) =
+                pixel_losses(config, &x, &out.reconstruction, lpips, disc, ctx.gan_on);
+            let loss = loss + out.codebook_loss.clone() + out.commitment_loss.clone();
+            parts.push(("codebook_loss", scalar(&out.codebook_loss)));
+            parts.push(("commitment_loss", scalar(&out.commitment_loss)));
+            if ctx.wants_latents {
+                latents = Some(out.latents.clone());
+            }
+            (loss, parts, out.reconstruction)
+        }
+        Trainee::Tokenizer(m) => {
+            let draw = draw.ok_or_else(|| SftokError::Other("no mask draw for a shard".into()))?;
+            if config.stage == StageKind::Stage3 {
+                let recon = stage3_forward(m, x.clone(), draw);
+                let (loss, parts) = pixel_losses(config, &x, &recon, lpips, disc, ctx.gan_on);
+                (loss, parts, recon)
+            } else {
+                let teacher = teacher.ok_or_else(|| {
+                    SftokError::Other("stages 1 and 2 need the teacher's codes".into())
+                })?;
+                let proxy = rows_i64(teacher.encode(x.clone().inner()));
+                let stage = if config.stage == StageKind::Stage1 {
+                    TokenStage::WarmUp
+                } else {
+                    TokenStage::Stage2(config.stage2_inputs)
+                };
+                let out = token_step(m, x.clone(), &proxy, stage, draw);
+                accuracy = Some(proxy_accuracy(&out.logits, &proxy));
+                codes = out.latent_ids.iter().flatten().copied().collect();
+                let parts = vec![
+                    ("recon_loss", scalar(&out.recon_loss)),
+                    ("quantizer_loss", scalar(&out.quantizer_loss)),
+                    ("commitment_loss", scalar(&out.commitment_loss)),
+                    ("codebook_loss", scalar(&out.codebook_loss)),
+                ];
+                let recon = if ctx.wants_preview {
+                    m.valid().pixels_from_logits(out.logits.clone().inner())
+                } else {
+                    x.clone()
+                };
+                (out.total_loss, parts, recon)
+            }
+        }
+    };
+    let loss_value = scalar(&loss);
+    let grads = if loss_value.is_finite() {
+        let grads = loss.mul_scalar(weight).backward();
+        match model {
+            Trainee::Teacher(m) => GradientsParams::from_grads(grads, m).to_device(&ctx.main, m),
+            Trainee::Tokenizer(m) => GradientsParams::from_grads(grads, m).to_device(&ctx.main, m),
+        }
+    } else {
+        GradientsParams::new()
+    };
+    let main_inner = ctx.main.clone().inner();
+    let makes_fakes =
+        ctx.gan_on && (matches!(model, Trainee::Teacher(_)) || config.stage == StageKind::Stage3);
+    Ok(ShardOutput {
+        loss: loss_value,
+        parts,
+        grads,
+        codes,
+        proxy_accuracy: accuracy,
+        fake: makes_fakes.then(|| {
+            (
+                x.clone().detach().to_device(&ctx.main),
+                recon.clone().detach().to_device(&ctx.main),
+            )
+        }),
+        latents,
+        preview: ctx.wants_preview.then(|| {
+            (
+                x.inner().to_device(&main_inner),
+                recon.inner().to_device(&main_inner),
+            )
+        }),
+    })
 }
 
 /// Adds `grads` into `total`, parameter by parameter.
@@ -655,7 +891,7 @@ fn pixel_losses(
     x: &Tensor<4>,
     recon: &Tensor<4>,
     lpips: Option<&Lpips>,
-    disc: Option<&(PatchDiscriminator, AdamW)>,
+    disc: Option<&PatchDiscriminator>,
     gan_on: bool,
 ) -> (Tensor<1>, Vec<(&'static str, f64)>) {
     let mse = (recon.clone() - x.clone()).powi_scalar(2).mean();
@@ -666,7 +902,7 @@ fn pixel_losses(
         parts.push(("perceptual_loss", scalar(&p)));
         loss = loss + p.mul_scalar(config.perceptual_weight);
     }
-    if gan_on && let Some((disc, _)) = disc {
+    if gan_on && let Some(disc) = disc {
         // The discriminator is a fixed function for the generator's update: its parameters get
         // gradients here too, but only the trainee's are read from this backward pass.
         let g = generator_loss(disc.forward(recon.clone()));
@@ -697,14 +933,6 @@ fn next_batch(loader: &mut DataLoader) -> Result<Batch> {
         .next_batch()
         .map_err(|e| SftokError::Other(e.to_string()))?
         .ok_or_else(|| SftokError::Other("the training data ran out".into()))
-}
-
-fn batch_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
-    let s = batch.image_size as usize;
-    Tensor::from_data(
-        TensorData::new(batch.pixels.clone(), [batch.batch_size, 3, s, s]),
-        device,
-    )
 }
 
 /// Originals above reconstructions, at most 8 images.
