@@ -27,7 +27,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// The tensor's values, contiguous, when it is a plain f32 flex tensor (not autodiff); else `None`.
-fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+pub(crate) fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     let ft = t.clone().try_into_primitive::<Flex>().ok()?;
     if ft.dtype() != DType::F32 {
         return None;
@@ -40,7 +40,7 @@ fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     Some(ft)
 }
 
-fn f32s(ft: &FlexTensor) -> &[f32] {
+pub(crate) fn f32s(ft: &FlexTensor) -> &[f32] {
     let n = ft.layout().num_elements();
     let start = ft.layout().start_offset();
     &ft.storage::<f32>()[start..start + n]
@@ -70,7 +70,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>, residual: Option<Tensor<4>>) -> Tenso
     }
 }
 
-fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Option<Tensor<4>> {
+/// The kernel size when `conv` is a "same" convolution (odd square kernel, stride 1, no dilation,
+/// one group, padding (k-1)/2 on every side), the case the kernels here handle.
+pub(crate) fn same_conv_kernel(conv: &Conv2d) -> Option<usize> {
     let [k, kw] = conv.kernel_size;
     let pad = (k - 1) / 2;
     let same = k == kw
@@ -83,9 +85,17 @@ fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
             PaddingConfig2d::Same => true,
             PaddingConfig2d::Valid => k == 1,
         };
-    if !same {
-        return None;
+    same.then_some(k)
+}
+
+fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Option<Tensor<4>> {
+    if let Some(out) = super::cpu_autodiff::conv2d(conv, x) {
+        return Some(match residual {
+            Some(r) => out + r.clone(),
+            None => out,
+        });
     }
+    let k = same_conv_kernel(conv)?;
     let input = flex_values(x)?;
     let weight = flex_values(&conv.weight.val())?;
     let bias = match &conv.bias {
@@ -118,6 +128,21 @@ fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
     Some(from_vec(out, [batch, o, h, w]))
 }
 
+/// Copies the planes of `image` (`h x w` each) into the interiors of the zero-bordered planes of
+/// `padded` (`(h + 2 pad) x (w + 2 pad)` each, borders already zero).
+pub(crate) fn fill_padded(padded: &mut [f32], image: &[f32], [h, w]: [usize; 2], pad: usize) {
+    let wp = w + 2 * pad;
+    let plane = (h + 2 * pad) * wp;
+    padded
+        .par_chunks_mut(plane)
+        .zip(image.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for y in 0..h {
+                dst[(y + pad) * wp + pad..][..w].copy_from_slice(&src[y * w..][..w]);
+            }
+        });
+}
+
 /// A stride-1 convolution with a k x k kernel (k odd) and zero padding (k-1)/2 on every side.
 ///
 /// The input of each image is copied once into a zero-padded plane per channel of width
@@ -127,7 +152,7 @@ fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
 /// of k*k matrix products `W_tap [o, c] x X_shifted [c, rows*wp]`, each a plain strided GEMM.
 /// Blocks of rows run in parallel, each into a small grid that stays in cache until its rows are
 /// written out with the bias and the residual added.
-fn same_conv(
+pub(crate) fn same_conv(
     x: &[f32],
     [batch, c, h, w]: [usize; 4],
     weight: &[f32],
@@ -158,14 +183,7 @@ fn same_conv(
         let src: &[f32] = if pad == 0 {
             image
         } else {
-            padded
-                .par_chunks_mut(plane)
-                .zip(image.par_chunks(h * w))
-                .for_each(|(dst, src)| {
-                    for y in 0..h {
-                        dst[(y + pad) * wp + pad..][..w].copy_from_slice(&src[y * w..][..w]);
-                    }
-                });
+            fill_padded(&mut padded, image, [h, w], pad);
             &padded
         };
         let out_addr = out[b * o * h * w..].as_mut_ptr() as usize;
@@ -268,9 +286,33 @@ fn map_avx2(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
     map_plain(dst, src, f)
 }
 
+#[inline(always)]
+fn map2_plain(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(a, b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map2_avx2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    map2_plain(dst, a, b, f)
+}
+
+/// `dst[i] = f(a[i], b[i])`, vectorised as [`map_f32`].
+#[inline]
+pub(crate) fn map2_f32(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { map2_avx2(dst, a, b, f) };
+    }
+    map2_plain(dst, a, b, f)
+}
+
 /// `dst[i] = f(src[i])`, vectorised for the widest of the two targets the CPU runs.
 #[inline]
-fn map_f32(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+pub(crate) fn map_f32(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
@@ -327,6 +369,9 @@ pub fn erf_f32(x: f32) -> f32 {
 
 /// Exact (erf) GELU, `x * (1 + erf(x / sqrt 2)) / 2`, as `torch.nn.GELU()` computes it.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(y) = super::cpu_autodiff::gelu(&x) {
+        return y;
+    }
     let Some(input) = flex_values(&x) else {
         return burn::tensor::activation::gelu(x);
     };
@@ -553,7 +598,10 @@ fn linear_fast<const D: usize>(
 
 /// `silu(norm.forward(x))` in one pass where it can.
 pub fn group_norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    group_norm_silu_fast(norm, &x).unwrap_or_else(|| silu(norm.forward(x)))
+    group_norm_silu_fast(norm, &x).unwrap_or_else(|| {
+        let h = norm.forward(x);
+        super::cpu_autodiff::silu(&h).unwrap_or_else(|| silu(h))
+    })
 }
 
 fn group_norm_silu_fast(norm: &GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {

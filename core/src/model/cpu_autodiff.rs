@@ -1,0 +1,409 @@
+//! Training versions of the CPU kernels: burn autodiff operations on the flex backend whose
+//! forward and backward passes are the kernels of [`super::cpu_kernels`].
+//!
+//! Why: in training, burn records its own operations, so the fast inference paths do not apply,
+//! and flex computes a convolution's input gradient as a transposed convolution and its weight
+//! gradient through an im2col buffer, together the largest part of a teacher or stage-3 step.
+//! Here a "same" convolution is one recorded operation: the forward pass is the shifted-GEMM
+//! convolution, the input gradient is the same convolution of the output gradient with the
+//! kernel flipped and its channels swapped, and the weight gradient is one GEMM per kernel tap
+//! between the output gradient (laid out on the padded-width grid) and the shifted input.
+//!
+//! These apply to tensors of burn's `Autodiff<Flex>` backend without gradient checkpointing (what
+//! `Device::flex().autodiff()` gives); anything else returns `None` and the caller uses burn's
+//! operations.
+
+use burn::backend::Flex;
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::cpu_kernels::{f32s, fill_padded, same_conv, same_conv_kernel};
+
+type Ad = Autodiff<Flex, NoCheckpointing>;
+
+fn contiguous(t: &FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    Some(if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    })
+}
+
+fn flex_from(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())))
+}
+
+/// What the backward pass of a convolution keeps: the input and weight values and the sizes.
+#[derive(Clone, Debug)]
+struct ConvState {
+    input: FlexTensor,
+    weight: FlexTensor,
+    dims: [usize; 4],
+    out_channels: usize,
+    k: usize,
+}
+
+/// A recorded "same" convolution with `N` parents: input, weight (and bias when `N` = 3).
+#[derive(Debug)]
+struct SameConv<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for SameConv<N> {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(grad) = contiguous(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let [batch, c, h, w] = st.dims;
+        let o = st.out_channels;
+        let k = st.k;
+        let g = f32s(&grad);
+        let x = f32s(&st.input);
+        let wt = f32s(&st.weight);
+        let taps = k * k;
+        if let Some(node) = &ops.parents[0] {
+            // dL/dx = same convolution of dL/dy with w'[c][o][ky][kx] = w[o][c][k-1-ky][k-1-kx].
+            let mut flipped = vec![0.0f32; c * o * taps];
+            for oc in 0..o {
+                for ic in 0..c {
+                    for t in 0..taps {
+                        flipped[(ic * o + oc) * taps + (taps - 1 - t)] =
+                            wt[(oc * c + ic) * taps + t];
+                    }
+                }
+            }
+            let gx = same_conv(g, [batch, o, h, w], &flipped, c, k, None, None);
+            grads.register::<Flex>(node.id, flex_from(gx, &[batch, c, h, w]));
+        }
+        if let Some(node) = &ops.parents[1] {
+            let gw = weight_gradient(x, g, [batch, c, h, w], o, k);
+            grads.register::<Flex>(node.id, flex_from(gw, &[o, c, k, k]));
+        }
+        if N == 3
+            && let Some(node) = &ops.parents[N - 1]
+        {
+            let mut gb = vec![0.0f32; o];
+            gb.par_iter_mut().enumerate().for_each(|(oc, sum)| {
+                *sum = (0..batch)
+                    .map(|b| {
+                        g[(b * o + oc) * h * w..][..h * w]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32;
+            });
+            grads.register::<Flex>(node.id, flex_from(gb, &[o]));
+        }
+    }
+}
+
+/// `dL/dw[o][c][ky][kx] = sum over images and positions of dL/dy[o][y][x] * xpad[c][y+ky][x+kx]`:
+/// with dL/dy laid out on the padded-width grid (zeros in the k-1 extra columns of each row), one
+/// GEMM per tap, `G [o, h*wp] x X_shifted [c, h*wp]^T`, accumulated over the batch.
+fn weight_gradient(
+    x: &[f32],
+    g: &[f32],
+    [batch, c, h, w]: [usize; 4],
+    o: usize,
+    k: usize,
+) -> Vec<f32> {
+    let pad = (k - 1) / 2;
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let plane = hp * wp;
+    let n = h * wp;
+    let taps = k * k;
+    let mut gw = vec![0.0f32; o * c * taps];
+    let mut padded = vec![0.0f32; c * plane + k];
+    let mut grid = vec![0.0f32; o * n];
+    for b in 0..batch {
+        fill_padded(
+            &mut padded,
+            &x[b * c * h * w..(b + 1) * c * h * w],
+            [h, w],
+            pad,
+        );
+        let gb = &g[b * o * h * w..(b + 1) * o * h * w];
+        grid.par_chunks_mut(n)
+            .zip(gb.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for y in 0..h {
+                    dst[y * wp..y * wp + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+                }
+            });
+        // Each tap writes its own column of `gw` (stride `taps`): the taps run in parallel.
+        let gw_addr = gw.as_mut_ptr() as usize;
+        (0..taps).into_par_iter().for_each(|tap| {
+            let (ky, kx) = (tap / k, tap % k);
+            // SAFETY: dst is gw viewed as o x c with strides (c*taps, taps) from offset `tap`,
+            // written by this task only; lhs is the o x n grid; rhs[j][ci] is
+            // padded[ci*plane + ky*wp + kx + j] for j < n, inside the buffer (k values of slack).
+            unsafe {
+                gemm::gemm(
+                    o,
+                    c,
+                    n,
+                    (gw_addr as *mut f32).add(tap),
+                    taps as isize,
+                    (c * taps) as isize,
+                    b > 0,
+                    grid.as_ptr(),
+                    1,
+                    n as isize,
+                    padded.as_ptr().add(ky * wp + kx),
+                    plane as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+    gw
+}
+
+/// `conv.forward(x)` as one recorded operation when `x` is a tracked-or-not `Autodiff<Flex>`
+/// tensor and `conv` a "same" convolution; `None` otherwise.
+pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let k = same_conv_kernel(conv)?;
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let wa = conv.weight.val().try_into_primitive::<Ad>().ok()?;
+    let ba = match &conv.bias {
+        Some(b) => Some(b.val().try_into_primitive::<Ad>().ok()?),
+        None => None,
+    };
+    let input = contiguous(xa.primitive())?;
+    let weight = contiguous(wa.primitive())?;
+    let bias = match &ba {
+        Some(b) => Some(contiguous(b.primitive())?),
+        None => None,
+    };
+    let [batch, c, h, w] = x.dims();
+    let [o, wc, _, _] = conv.weight.dims();
+    if wc != c {
+        return None;
+    }
+    let out = same_conv(
+        f32s(&input),
+        [batch, c, h, w],
+        f32s(&weight),
+        o,
+        k,
+        bias.as_ref().map(f32s),
+        None,
+    );
+    let out = flex_from(out, &[batch, o, h, w]);
+    let state = ConvState {
+        input,
+        weight,
+        dims: [batch, c, h, w],
+        out_channels: o,
+        k,
+    };
+    let result = match ba {
+        Some(ba) => match SameConv::<3>
+            .prepare::<NoCheckpointing>([xa.node(), wa.node(), ba.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        None => match SameConv::<2>
+            .prepare::<NoCheckpointing>([xa.node(), wa.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
+/// An element-wise function recorded as one operation: `f` forward, `df` its derivative.
+#[derive(Debug)]
+struct Elementwise {
+    derivative: fn(f32) -> f32,
+}
+
+impl Backward<Flex, 1> for Elementwise {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let Some(grad) = contiguous(&grad) else {
+            return;
+        };
+        let input = f32s(&ops.state);
+        let g = f32s(&grad);
+        let mut out = vec![0.0f32; g.len()];
+        let derivative = self.derivative;
+        out.par_chunks_mut(1 << 14)
+            .zip(input.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+            .for_each(|(d, (x, g))| {
+                super::cpu_kernels::map2_f32(d, x, g, |x, g| g * derivative(x));
+            });
+        grads.register::<Flex>(node.id, flex_from(out, ops.state.layout().shape()));
+    }
+}
+
+fn elementwise<const D: usize>(
+    x: &Tensor<D>,
+    forward: fn(f32) -> f32,
+    derivative: fn(f32) -> f32,
+) -> Option<Tensor<D>> {
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let input = contiguous(xa.primitive())?;
+    let values = f32s(&input);
+    let mut out = vec![0.0f32; values.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(values.par_chunks(1 << 14))
+        .for_each(|(d, s)| super::cpu_kernels::map_f32(d, s, forward));
+    let out = flex_from(out, input.layout().shape());
+    let result = match (Elementwise { derivative })
+        .prepare::<NoCheckpointing>([xa.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(input, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
+#[inline(always)]
+fn silu_value(x: f32) -> f32 {
+    x / (1.0 + super::cpu_kernels::exp_f32(-x))
+}
+
+#[inline(always)]
+fn silu_derivative(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + super::cpu_kernels::exp_f32(-x));
+    s * (1.0 + x * (1.0 - s))
+}
+
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// d/dx x Phi(x) = Phi(x) + x phi(x).
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * super::cpu_kernels::exp_f32(-0.5 * x * x)
+}
+
+/// `silu(x)` recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
+pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    elementwise(x, silu_value, silu_derivative)
+}
+
+/// Exact GELU recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
+pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    elementwise(x, gelu_value, gelu_derivative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    /// Gradients of `sum(conv(x) * r)` for a fixed random `r`, through this operation and
+    /// through burn's own convolution.
+    #[test]
+    fn convolution_gradients_match_burn() {
+        for (c, o, k, h, w, bias) in [
+            (3, 4, 3, 6, 7, true),
+            (5, 2, 1, 4, 4, false),
+            (2, 3, 5, 6, 5, true),
+        ] {
+            let ad = Device::flex().autodiff();
+            let pad = (k - 1) / 2;
+            let conv = Conv2dConfig::new([c, o], [k, k])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_bias(bias)
+                .init(&ad);
+            let x = Tensor::<4>::random([2, c, h, w], Distribution::Normal(0.0, 1.0), &ad)
+                .require_grad();
+            let r = Tensor::<4>::random([2, o, h, w], Distribution::Normal(0.0, 1.0), &ad);
+
+            let fast = conv2d(&conv, &x).expect("fast path on Autodiff<Flex>");
+            let loss = (fast.clone() * r.clone()).sum();
+            let g = loss.backward();
+            let (gx, gw) = (x.grad(&g).unwrap(), conv.weight.grad(&g).unwrap());
+            let gb = conv.bias.as_ref().map(|b| b.grad(&g).unwrap());
+
+            // burn's own convolution (`Conv2d::forward` does not take this path), on a copy of x.
+            let x2 = x.clone().detach().require_grad();
+            let slow = conv.forward(x2.clone());
+            let g2 = (slow.clone() * r).sum().backward();
+            let conv2 = &conv;
+            let tol = Tolerance::absolute(2e-4);
+            fast.inner()
+                .into_data()
+                .assert_approx_eq::<f32>(&slow.inner().into_data(), tol);
+            gx.into_data()
+                .assert_approx_eq::<f32>(&x2.grad(&g2).unwrap().into_data(), tol);
+            gw.into_data()
+                .assert_approx_eq::<f32>(&conv2.weight.grad(&g2).unwrap().into_data(), tol);
+            if let Some(gb) = gb {
+                let gb2 = conv2.bias.as_ref().unwrap().grad(&g2).unwrap();
+                gb.into_data()
+                    .assert_approx_eq::<f32>(&gb2.into_data(), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn silu_and_gelu_gradients_match_burn() {
+        let ad = Device::flex().autodiff();
+        let x =
+            Tensor::<3>::random([2, 5, 300], Distribution::Normal(0.0, 3.0), &ad).require_grad();
+        let r = Tensor::<3>::random([2, 5, 300], Distribution::Normal(0.0, 1.0), &ad);
+        type Fast = fn(&Tensor<3>) -> Option<Tensor<3>>;
+        type Slow = fn(Tensor<3>) -> Tensor<3>;
+        let cases: [(Fast, Slow); 2] = [
+            (silu, burn::tensor::activation::silu),
+            (gelu, burn::tensor::activation::gelu),
+        ];
+        for (fast, slow) in cases {
+            let y = fast(&x).expect("fast path on Autodiff<Flex>");
+            let gx = x.grad(&(y.clone() * r.clone()).sum().backward()).unwrap();
+            let x2 = x.clone().detach().require_grad();
+            let y2 = slow(x2.clone());
+            let gx2 = x2.grad(&(y2.clone() * r.clone()).sum().backward()).unwrap();
+            let tol = Tolerance::absolute(1e-5);
+            y.inner()
+                .into_data()
+                .assert_approx_eq::<f32>(&y2.inner().into_data(), tol);
+            gx.into_data()
+                .assert_approx_eq::<f32>(&gx2.into_data(), tol);
+        }
+        // Plain tensors are not this path's.
+        assert!(silu(&x.inner()).is_none());
+    }
+}
