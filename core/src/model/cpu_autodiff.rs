@@ -237,13 +237,51 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
-/// An element-wise function recorded as one operation: `f` forward, `df` its derivative.
-#[derive(Debug)]
-struct Elementwise {
-    derivative: fn(f32) -> f32,
+/// An element-wise activation: its value and derivative, inlined into the vectorised loops.
+trait Activation: Send + std::fmt::Debug + 'static {
+    fn value(x: f32) -> f32;
+    fn derivative(x: f32) -> f32;
 }
 
-impl Backward<Flex, 1> for Elementwise {
+#[derive(Debug)]
+struct Silu;
+
+impl Activation for Silu {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        x / (1.0 + super::cpu_kernels::exp_f32(-x))
+    }
+
+    #[inline(always)]
+    fn derivative(x: f32) -> f32 {
+        let s = 1.0 / (1.0 + super::cpu_kernels::exp_f32(-x));
+        s * (1.0 + x * (1.0 - s))
+    }
+}
+
+#[derive(Debug)]
+struct Gelu;
+
+impl Activation for Gelu {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        0.5 * x * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+    }
+
+    /// d/dx x Phi(x) = Phi(x) + x phi(x).
+    #[inline(always)]
+    fn derivative(x: f32) -> f32 {
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let cdf = 0.5 * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+        cdf + x * INV_SQRT_2PI * super::cpu_kernels::exp_f32(-0.5 * x * x)
+    }
+}
+
+/// An element-wise activation recorded as one operation; the state is its input.
+#[derive(Debug)]
+struct Elementwise<A: Activation>(std::marker::PhantomData<A>);
+
+impl<A: Activation> Backward<Flex, 1> for Elementwise<A> {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -257,30 +295,25 @@ impl Backward<Flex, 1> for Elementwise {
         let input = f32s(&ops.state);
         let g = f32s(&grad);
         let mut out = vec![0.0f32; g.len()];
-        let derivative = self.derivative;
         out.par_chunks_mut(1 << 14)
             .zip(input.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
             .for_each(|(d, (x, g))| {
-                super::cpu_kernels::map2_f32(d, x, g, |x, g| g * derivative(x));
+                super::cpu_kernels::map2_f32(d, x, g, |x, g| g * A::derivative(x));
             });
         grads.register::<Flex>(node.id, flex_from(out, ops.state.layout().shape()));
     }
 }
 
-fn elementwise<const D: usize>(
-    x: &Tensor<D>,
-    forward: fn(f32) -> f32,
-    derivative: fn(f32) -> f32,
-) -> Option<Tensor<D>> {
+fn elementwise<A: Activation, const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     let xa = x.clone().try_into_primitive::<Ad>().ok()?;
     let input = contiguous(xa.primitive())?;
     let values = f32s(&input);
     let mut out = vec![0.0f32; values.len()];
     out.par_chunks_mut(1 << 14)
         .zip(values.par_chunks(1 << 14))
-        .for_each(|(d, s)| super::cpu_kernels::map_f32(d, s, forward));
+        .for_each(|(d, s)| super::cpu_kernels::map_f32(d, s, A::value));
     let out = flex_from(out, input.layout().shape());
-    let result = match (Elementwise { derivative })
+    let result = match Elementwise::<A>(std::marker::PhantomData)
         .prepare::<NoCheckpointing>([xa.node()])
         .compute_bound()
         .stateful()
@@ -291,38 +324,14 @@ fn elementwise<const D: usize>(
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
-#[inline(always)]
-fn silu_value(x: f32) -> f32 {
-    x / (1.0 + super::cpu_kernels::exp_f32(-x))
-}
-
-#[inline(always)]
-fn silu_derivative(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + super::cpu_kernels::exp_f32(-x));
-    s * (1.0 + x * (1.0 - s))
-}
-
-#[inline(always)]
-fn gelu_value(x: f32) -> f32 {
-    0.5 * x * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-/// d/dx x Phi(x) = Phi(x) + x phi(x).
-#[inline(always)]
-fn gelu_derivative(x: f32) -> f32 {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let cdf = 0.5 * (1.0 + super::cpu_kernels::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * super::cpu_kernels::exp_f32(-0.5 * x * x)
-}
-
 /// `silu(x)` recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
 pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
-    elementwise(x, silu_value, silu_derivative)
+    elementwise::<Silu, D>(x)
 }
 
 /// Exact GELU recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
 pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
-    elementwise(x, gelu_value, gelu_derivative)
+    elementwise::<Gelu, D>(x)
 }
 
 #[cfg(test)]
