@@ -334,6 +334,173 @@ pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     elementwise::<Gelu, D>(x)
 }
 
+/// What the backward pass of a group norm + SiLU keeps.
+#[derive(Clone, Debug)]
+struct NormState {
+    input: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    groups: usize,
+    eps: f64,
+}
+
+/// Per-group mean and reciprocal standard deviation (f64, two passes, biased variance).
+fn group_stats(values: &[f32], eps: f64) -> (f64, f64) {
+    let count = values.len() as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / count;
+    let var = values
+        .iter()
+        .map(|&v| {
+            let d = v as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / count;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `silu(group_norm(x))` with affine parameters, recorded as one operation (parents: x, gamma,
+/// beta).
+#[derive(Debug)]
+struct GroupNormSilu;
+
+impl Backward<Flex, 3> for GroupNormSilu {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<NormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(grad) = contiguous(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let shape = st.input.layout().shape().clone();
+        let (batch, c) = (shape[0], shape[1]);
+        let per_channel: usize = shape.iter().skip(2).product();
+        let groups = st.groups;
+        let cpg = c / groups;
+        let per_group = cpg * per_channel;
+        let x = f32s(&st.input);
+        let g = f32s(&grad);
+        let gamma = f32s(&st.gamma);
+        let beta = f32s(&st.beta);
+        let mut dx = vec![0.0f32; x.len()];
+        // Per (image, group): dx, and this group's contributions to dgamma and dbeta.
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+            .par_chunks_mut(per_group)
+            .zip(x.par_chunks(per_group).zip(g.par_chunks(per_group)))
+            .enumerate()
+            .map(|(bg, (dx, (x, g)))| {
+                let (mean, rstd) = group_stats(x, st.eps);
+                let first = (bg % groups) * cpg;
+                let mut dgamma = vec![0.0f64; cpg];
+                let mut dbeta = vec![0.0f64; cpg];
+                // dL/dxhat = dL/dn * gamma, with dL/dn = g * silu'(n); sums for the mean terms.
+                let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
+                for i in 0..cpg {
+                    let ch = first + i;
+                    let range = i * per_channel..(i + 1) * per_channel;
+                    for (d, (&xv, &gv)) in dx[range.clone()]
+                        .iter_mut()
+                        .zip(x[range.clone()].iter().zip(&g[range]))
+                    {
+                        let xhat = ((xv as f64 - mean) * rstd) as f32;
+                        let n = xhat * gamma[ch] + beta[ch];
+                        let dn = gv * Silu::derivative(n);
+                        dgamma[i] += (dn * xhat) as f64;
+                        dbeta[i] += dn as f64;
+                        let dxhat = dn * gamma[ch];
+                        sum_dxhat += dxhat as f64;
+                        sum_dxhat_xhat += (dxhat * xhat) as f64;
+                        *d = dxhat;
+                    }
+                }
+                let count = per_group as f64;
+                let (m1, m2) = (sum_dxhat / count, sum_dxhat_xhat / count);
+                for (d, &xv) in dx.iter_mut().zip(x) {
+                    let xhat = (xv as f64 - mean) * rstd;
+                    *d = (rstd * (*d as f64 - m1 - xhat * m2)) as f32;
+                }
+                (dgamma, dbeta)
+            })
+            .collect();
+        let [px, pg, pb] = &ops.parents;
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, flex_from(dx, shape.as_slice()));
+        }
+        let mut dgamma = vec![0.0f32; c];
+        let mut dbeta = vec![0.0f32; c];
+        for (bg, (dg, db)) in partial.into_iter().enumerate() {
+            let first = (bg % groups) * cpg;
+            for i in 0..cpg {
+                dgamma[first + i] += dg[i] as f32;
+                dbeta[first + i] += db[i] as f32;
+            }
+        }
+        let _ = batch;
+        if let Some(node) = pg {
+            grads.register::<Flex>(node.id, flex_from(dgamma, &[c]));
+        }
+        if let Some(node) = pb {
+            grads.register::<Flex>(node.id, flex_from(dbeta, &[c]));
+        }
+    }
+}
+
+/// `silu(norm.forward(x))` recorded as one operation on `Autodiff<Flex>` (affine group norm, 4-d
+/// input); `None` elsewhere.
+pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let [_, c, _, _] = x.dims();
+    let groups = norm.num_groups;
+    if !norm.affine || c != norm.num_channels || groups == 0 || !c.is_multiple_of(groups) {
+        return None;
+    }
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let ga = norm.gamma.as_ref()?.val().try_into_primitive::<Ad>().ok()?;
+    let ba = norm.beta.as_ref()?.val().try_into_primitive::<Ad>().ok()?;
+    let input = contiguous(xa.primitive())?;
+    let gamma = contiguous(ga.primitive())?;
+    let beta = contiguous(ba.primitive())?;
+    let (xs, gs, bs) = (f32s(&input), f32s(&gamma), f32s(&beta));
+    let per_channel = xs.len() / x.dims()[0] / c;
+    let cpg = c / groups;
+    let per_group = cpg * per_channel;
+    let mut out = vec![0.0f32; xs.len()];
+    out.par_chunks_mut(per_group)
+        .zip(xs.par_chunks(per_group))
+        .enumerate()
+        .for_each(|(bg, (dst, src))| {
+            let (mean, rstd) = group_stats(src, norm.epsilon);
+            let first = (bg % groups) * cpg;
+            for (i, (d, s)) in dst
+                .chunks_mut(per_channel)
+                .zip(src.chunks(per_channel))
+                .enumerate()
+            {
+                let ch = first + i;
+                let scale = (rstd * gs[ch] as f64) as f32;
+                let shift = (bs[ch] as f64 - mean * scale as f64) as f32;
+                super::cpu_kernels::map_f32(d, s, |v| Silu::value(v * scale + shift));
+            }
+        });
+    let out = flex_from(out, input.layout().shape().as_slice());
+    let state = NormState {
+        input,
+        gamma,
+        beta,
+        groups,
+        eps: norm.epsilon,
+    };
+    let result = match GroupNormSilu
+        .prepare::<NoCheckpointing>([xa.node(), ga.node(), ba.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +581,45 @@ mod tests {
         }
         // Plain tensors are not this path's.
         assert!(silu(&x.inner()).is_none());
+    }
+
+    #[test]
+    fn group_norm_silu_gradients_match_burn() {
+        let ad = Device::flex().autodiff();
+        let mut norm = burn::nn::GroupNormConfig::new(3, 6)
+            .with_epsilon(1e-6)
+            .init(&ad);
+        norm.gamma = norm.gamma.map(|g| {
+            g.map(|_| Tensor::random([6], Distribution::Normal(1.0, 0.5), &ad).require_grad())
+        });
+        norm.beta = norm.beta.map(|b| {
+            b.map(|_| Tensor::random([6], Distribution::Normal(0.0, 0.5), &ad).require_grad())
+        });
+        let x =
+            Tensor::<4>::random([2, 6, 5, 4], Distribution::Normal(1.0, 2.0), &ad).require_grad();
+        let r = Tensor::<4>::random([2, 6, 5, 4], Distribution::Normal(0.0, 1.0), &ad);
+        let y = group_norm_silu(&norm, &x).expect("fast path on Autodiff<Flex>");
+        let g = (y.clone() * r.clone()).sum().backward();
+        let x2 = x.clone().detach().require_grad();
+        let y2 = burn::tensor::activation::silu(norm.forward(x2.clone()));
+        let g2 = (y2.clone() * r).sum().backward();
+        let tol = Tolerance::absolute(2e-5);
+        y.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&y2.inner().into_data(), tol);
+        x.grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&x2.grad(&g2).unwrap().into_data(), tol);
+        let (gamma, beta) = (norm.gamma.as_ref().unwrap(), norm.beta.as_ref().unwrap());
+        gamma
+            .grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&gamma.grad(&g2).unwrap().into_data(), tol);
+        beta.grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&beta.grad(&g2).unwrap().into_data(), tol);
     }
 }
