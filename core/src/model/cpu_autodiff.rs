@@ -24,7 +24,9 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cpu_kernels::{f32s, fill_padded, same_conv, same_conv_kernel};
+use super::cpu_kernels::{
+    attention_values, f32s, fill_padded, gemm_strided, same_conv, same_conv_kernel,
+};
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 
@@ -501,6 +503,153 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tens
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
+/// What the backward pass of the attention core keeps: its input and the probabilities.
+#[derive(Clone, Debug)]
+struct AttentionState {
+    qkv: FlexTensor,
+    probs: std::sync::Arc<Vec<f32>>,
+    heads: usize,
+}
+
+/// The attention core (`qkv` -> heads' outputs) recorded as one operation.
+#[derive(Debug)]
+struct AttentionCore;
+
+impl Backward<Flex, 1> for AttentionCore {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let Some(grad) = contiguous(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let shape = st.qkv.layout().shape().clone();
+        let (b, s, w3) = (shape[0], shape[1], shape[2]);
+        let (w, heads) = (w3 / 3, st.heads);
+        let hd = w / heads;
+        let scale = (hd as f32).powf(-0.5);
+        let qkv = f32s(&st.qkv);
+        let d_out = f32s(&grad);
+        let probs = &st.probs;
+        let mut d_qkv = vec![0.0f32; qkv.len()];
+        let d_addr = d_qkv.as_mut_ptr() as usize;
+        (0..b * heads).into_par_iter().for_each(|task| {
+            let (image, head) = (task / heads, task % heads);
+            let base = image * s * w3;
+            let col = head * hd;
+            let p = &probs[task * s * s..(task + 1) * s * s];
+            let d_o = d_out[image * s * w + col..].as_ptr();
+            let (q, k, v) = (
+                qkv[base + col..].as_ptr(),
+                qkv[base + w + col..].as_ptr(),
+                qkv[base + 2 * w + col..].as_ptr(),
+            );
+            let d_base = d_addr as *mut f32;
+            let mut ds = vec![0.0f32; s * s];
+            // SAFETY: all views are rows of hd values at the strides of `qkv` / `d_out` inside
+            // their buffers; the destinations are this task's columns of `d_qkv` (q, k and v
+            // slices of this head in this image), written by no other task.
+            unsafe {
+                // dV = P^T dO
+                let dv = d_base.add(base + 2 * w + col);
+                gemm_strided(
+                    [s, hd, s],
+                    dv,
+                    [w3, 1],
+                    false,
+                    p.as_ptr(),
+                    [1, s],
+                    d_o,
+                    [w, 1],
+                    1.0,
+                );
+                // dP = dO V^T
+                gemm_strided(
+                    [s, s, hd],
+                    ds.as_mut_ptr(),
+                    [s, 1],
+                    false,
+                    d_o,
+                    [w, 1],
+                    v,
+                    [1, w3],
+                    1.0,
+                );
+            }
+            // dS = P * (dP - rowsum(dP * P))
+            for (ds, p) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (d, &pv) in ds.iter_mut().zip(p) {
+                    *d = pv * (*d - dot);
+                }
+            }
+            unsafe {
+                // dQ = scale dS K, dK = scale dS^T Q
+                let dq = d_base.add(base + col);
+                gemm_strided(
+                    [s, hd, s],
+                    dq,
+                    [w3, 1],
+                    false,
+                    ds.as_ptr(),
+                    [s, 1],
+                    k,
+                    [w3, 1],
+                    scale,
+                );
+                let dk = d_base.add(base + w + col);
+                gemm_strided(
+                    [s, hd, s],
+                    dk,
+                    [w3, 1],
+                    false,
+                    ds.as_ptr(),
+                    [1, s],
+                    q,
+                    [w3, 1],
+                    scale,
+                );
+            }
+        });
+        grads.register::<Flex>(node.id, flex_from(d_qkv, shape.as_slice()));
+    }
+}
+
+/// The attention core of [`super::cpu_kernels::attention`] recorded as one operation on
+/// `Autodiff<Flex>`; `None` elsewhere.
+pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let [b, s, w3] = qkv.dims();
+    let qa = qkv.clone().try_into_primitive::<Ad>().ok()?;
+    let input = contiguous(qa.primitive())?;
+    let tracked = qkv.is_require_grad();
+    let (out, probs) = attention_values(f32s(&input), [b, s, w3], heads, tracked);
+    let out = flex_from(out, &[b, s, w3 / 3]);
+    let result = match AttentionCore
+        .prepare::<NoCheckpointing>([qa.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let probs = match probs {
+                Some(p) => p,
+                None => attention_values(f32s(&input), [b, s, w3], heads, true).1?,
+            };
+            let state = AttentionState {
+                qkv: input,
+                probs: std::sync::Arc::new(probs),
+                heads,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,5 +770,37 @@ mod tests {
             .unwrap()
             .into_data()
             .assert_approx_eq::<f32>(&beta.grad(&g2).unwrap().into_data(), tol);
+    }
+
+    #[test]
+    fn attention_gradients_match_burn() {
+        let ad = Device::flex().autodiff();
+        let (b, s, heads, hd) = (2, 7, 3, 4);
+        let w = heads * hd;
+        let qkv =
+            Tensor::<3>::random([b, s, 3 * w], Distribution::Normal(0.0, 1.5), &ad).require_grad();
+        let r = Tensor::<3>::random([b, s, w], Distribution::Normal(0.0, 1.0), &ad);
+        let y = attention(&qkv, heads).expect("fast path on Autodiff<Flex>");
+        let g = (y.clone() * r.clone()).sum().backward();
+        let x = qkv.clone().detach().require_grad();
+        let split = |t: Tensor<3>| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
+        let q = split(x.clone().narrow(2, 0, w));
+        let k = split(x.clone().narrow(2, w, w));
+        let v = split(x.clone().narrow(2, 2 * w, w));
+        let p = burn::tensor::activation::softmax(
+            q.matmul(k.swap_dims(2, 3))
+                .mul_scalar((hd as f64).powf(-0.5)),
+            3,
+        );
+        let y2 = p.matmul(v).swap_dims(1, 2).reshape([b, s, w]);
+        let g2 = (y2.clone() * r).sum().backward();
+        let tol = Tolerance::absolute(1e-5);
+        y.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&y2.inner().into_data(), tol);
+        qkv.grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&x.grad(&g2).unwrap().into_data(), tol);
     }
 }

@@ -441,76 +441,128 @@ pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
     if heads == 0 || !w3.is_multiple_of(3 * heads) {
         return None;
     }
+    if let Some(out) = super::cpu_autodiff::attention(qkv, heads) {
+        return Some(out);
+    }
     let input = flex_values(qkv)?;
-    let qkv = f32s(&input);
+    let (out, _) = attention_values(f32s(&input), [b, s, w3], heads, false);
+    Some(from_vec(out, [b, s, w3 / 3]))
+}
+
+/// A strided f32 GEMM: `dst (m x n) = [dst +] scale * lhs (m x k) * rhs (k x n)`, each matrix given
+/// by its pointer and (row, column) strides, on the calling thread.
+///
+/// # Safety
+/// Every element the strides reach must be inside its allocation, and `dst` must not overlap the
+/// inputs or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    [dst_rs, dst_cs]: [usize; 2],
+    accumulate: bool,
+    lhs: *const f32,
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: *const f32,
+    [rhs_rs, rhs_cs]: [usize; 2],
+    scale: f32,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The attention core on raw values: `qkv` `[b, s, 3w]` -> the heads' outputs `[b, s, w]`, and
+/// the attention probabilities `[b, heads, s, s]` when `keep_probs` (for a backward pass).
+///
+/// One task per (image, head): the scores `Q K^T` and the output `P V` are GEMMs on strided views
+/// of `qkv` (no copies of q, k, v), the softmax is done in place, and each head writes its slice of
+/// the output directly.
+pub(crate) fn attention_values(
+    qkv: &[f32],
+    [b, s, w3]: [usize; 3],
+    heads: usize,
+    keep_probs: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let w = w3 / 3;
     let hd = w / heads;
     let scale = (hd as f32).powf(-0.5);
     let mut out = vec![0.0f32; b * s * w];
-    // Each task writes the columns [head*hd, (head+1)*hd) of its image's rows: disjoint regions of
-    // `out`, handed out as raw addresses because they interleave.
+    let mut probs = keep_probs.then(|| vec![0.0f32; b * heads * s * s]);
+    // Each task writes the columns [head*hd, (head+1)*hd) of its image's rows, and its own s x s
+    // block of `probs`: disjoint regions, handed out as raw addresses because they interleave.
     let out_addr = out.as_mut_ptr() as usize;
+    let probs_addr = probs.as_mut().map(|p| p.as_mut_ptr() as usize);
     (0..b * heads).into_par_iter().for_each(|task| {
         let (image, head) = (task / heads, task % heads);
         let base = image * s * w3;
         let q = qkv[base + head * hd..].as_ptr();
         let k = qkv[base + w + head * hd..].as_ptr();
         let v = qkv[base + 2 * w + head * hd..].as_ptr();
-        let mut scores = vec![0.0f32; s * s];
+        let mut local = Vec::new();
+        let scores: &mut [f32] = match probs_addr {
+            // SAFETY: block `task` of `probs` (s*s values) belongs to this task only.
+            Some(addr) => unsafe {
+                std::slice::from_raw_parts_mut((addr as *mut f32).add(task * s * s), s * s)
+            },
+            None => {
+                local.resize(s * s, 0.0f32);
+                &mut local
+            }
+        };
         // SAFETY: q and k rows are hd values at stride 3w inside `qkv` (s rows from `base`);
-        // `scores` is s x s.
+        // `scores` is s x s; the output rows (stride w, hd columns from image*s*w + head*hd) are
+        // this task's only.
         unsafe {
-            gemm::gemm(
-                s,
-                s,
-                hd,
+            gemm_strided(
+                [s, s, hd],
                 scores.as_mut_ptr(),
-                1,
-                s as isize,
+                [s, 1],
                 false,
                 q,
-                1,
-                w3 as isize,
+                [w3, 1],
                 k,
-                w3 as isize,
-                1,
-                0.0,
+                [1, w3],
                 scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
-        softmax_rows(&mut scores, s);
-        // SAFETY: v rows as above; the destination is rows of `out` (stride w) from
-        // `image * s * w + head * hd`, hd columns each, written by this task only.
+        softmax_rows(scores, s);
         unsafe {
             let dst = (out_addr as *mut f32).add(image * s * w + head * hd);
-            gemm::gemm(
-                s,
-                hd,
-                s,
+            gemm_strided(
+                [s, hd, s],
                 dst,
-                1,
-                w as isize,
+                [w, 1],
                 false,
                 scores.as_ptr(),
-                1,
-                s as isize,
+                [s, 1],
                 v,
-                1,
-                w3 as isize,
-                0.0,
+                [w3, 1],
                 1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     });
-    Some(from_vec(out, [b, s, w]))
+    (out, probs)
 }
 
 /// `x W + b` for `x` `[.., d_in]` and `weight` `[d_in, d_out]` (any strides: a transposed view
