@@ -138,16 +138,22 @@ fn discrete(index: usize, name: &str) -> ChosenDevice {
 /// Names of the discrete GPUs wgpu finds, in its order.
 fn discrete_gpus() -> Vec<String> {
     use burn::tensor::wgpu::wgpu;
+    adapters()
+        .into_iter()
+        .filter(|info| info.device_type == wgpu::DeviceType::DiscreteGpu)
+        .map(|info| format!("{} via {:?}", info.name, info.backend))
+        .collect()
+}
+
+/// What wgpu reports of each adapter it finds. Enumerating adapters can panic inside some
+/// drivers; a panic here means "no adapter".
+fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
     std::panic::catch_unwind(|| {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        adapters
-            .into_iter()
-            .map(|a| a.get_info())
-            .filter(|info| info.device_type == wgpu::DeviceType::DiscreteGpu)
-            .map(|info| format!("{} via {:?}", info.name, info.backend))
-            .collect()
+        adapters.into_iter().map(|a| a.get_info()).collect()
     })
     .unwrap_or_default()
 }
@@ -166,19 +172,10 @@ fn cpu() -> ChosenDevice {
 /// CPU, such as lavapipe or llvmpipe) do not count.
 fn first_adapter(hardware_only: bool) -> Option<String> {
     use burn::tensor::wgpu::wgpu;
-    // Enumerating adapters can panic inside some drivers; a panic here means "no adapter".
-    std::panic::catch_unwind(|| {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        adapters
-            .into_iter()
-            .map(|a| a.get_info())
-            .find(|info| !hardware_only || info.device_type != wgpu::DeviceType::Cpu)
-            .map(|info| format!("{} via {:?}", info.name, info.backend))
-    })
-    .ok()
-    .flatten()
+    adapters()
+        .into_iter()
+        .find(|info| !hardware_only || info.device_type != wgpu::DeviceType::Cpu)
+        .map(|info| format!("{} via {:?}", info.name, info.backend))
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::cpu_kernels::{
-    attention_values, f32s, fill_padded, gemm_strided, same_conv, same_conv_kernel,
+    attention_values, f32s, fill_padded, gemm_strided, group_norm_silu_values, group_stats,
+    same_conv, same_conv_kernel, silu_f32,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -251,7 +252,7 @@ struct Silu;
 impl Activation for Silu {
     #[inline(always)]
     fn value(x: f32) -> f32 {
-        x / (1.0 + super::cpu_kernels::exp_f32(-x))
+        silu_f32(x)
     }
 
     #[inline(always)]
@@ -344,21 +345,6 @@ struct NormState {
     beta: FlexTensor,
     groups: usize,
     eps: f64,
-}
-
-/// Per-group mean and reciprocal standard deviation (f64, two passes, biased variance).
-fn group_stats(values: &[f32], eps: f64) -> (f64, f64) {
-    let count = values.len() as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / count;
-    let var = values
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / count;
-    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// `silu(group_norm(x))` with affine parameters, recorded as one operation (parents: x, gamma,
@@ -462,28 +448,15 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tens
     let input = contiguous(xa.primitive())?;
     let gamma = contiguous(ga.primitive())?;
     let beta = contiguous(ba.primitive())?;
-    let (xs, gs, bs) = (f32s(&input), f32s(&gamma), f32s(&beta));
-    let per_channel = xs.len() / x.dims()[0] / c;
-    let cpg = c / groups;
-    let per_group = cpg * per_channel;
-    let mut out = vec![0.0f32; xs.len()];
-    out.par_chunks_mut(per_group)
-        .zip(xs.par_chunks(per_group))
-        .enumerate()
-        .for_each(|(bg, (dst, src))| {
-            let (mean, rstd) = group_stats(src, norm.epsilon);
-            let first = (bg % groups) * cpg;
-            for (i, (d, s)) in dst
-                .chunks_mut(per_channel)
-                .zip(src.chunks(per_channel))
-                .enumerate()
-            {
-                let ch = first + i;
-                let scale = (rstd * gs[ch] as f64) as f32;
-                let shift = (bs[ch] as f64 - mean * scale as f64) as f32;
-                super::cpu_kernels::map_f32(d, s, |v| Silu::value(v * scale + shift));
-            }
-        });
+    let per_channel = input.layout().num_elements() / x.dims()[0] / c;
+    let out = group_norm_silu_values(
+        f32s(&input),
+        [c, per_channel],
+        groups,
+        Some(f32s(&gamma)),
+        Some(f32s(&beta)),
+        norm.epsilon,
+    );
     let out = flex_from(out, input.layout().shape().as_slice());
     let state = NormState {
         input,

@@ -672,31 +672,58 @@ fn group_norm_silu_fast(norm: &GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
         }
         _ => (None, None),
     };
-    let gamma = gamma.as_ref().map(f32s);
-    let beta = beta.as_ref().map(f32s);
-    let values = f32s(&input);
-    let per_channel = h * w;
-    let per_group = c / groups * per_channel;
-    let eps = norm.epsilon;
+    let out = group_norm_silu_values(
+        f32s(&input),
+        [c, h * w],
+        groups,
+        gamma.as_ref().map(f32s),
+        beta.as_ref().map(f32s),
+        norm.epsilon,
+    );
+    Some(from_vec(out, [batch, c, h, w]))
+}
+
+/// Mean and reciprocal standard deviation of one group's values, in f64 and in two passes (the
+/// mean, then the biased variance about it), as PyTorch's group norm computes them, without the
+/// cancellation of E[x^2] - E[x]^2.
+pub(crate) fn group_stats(values: &[f32], eps: f64) -> (f64, f64) {
+    let count = values.len() as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / count;
+    let var = values
+        .iter()
+        .map(|&v| {
+            let d = v as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / count;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[inline(always)]
+pub(crate) fn silu_f32(y: f32) -> f32 {
+    y / (1.0 + exp_f32(-y))
+}
+
+/// `silu(group_norm(x))` on the values of an `[N, C, ...]` tensor (`c` channels of
+/// `per_channel` values each, in `groups` groups; optional per-channel affine parameters), one
+/// task per (image, group).
+pub(crate) fn group_norm_silu_values(
+    values: &[f32],
+    [c, per_channel]: [usize; 2],
+    groups: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f64,
+) -> Vec<f32> {
+    let cpg = c / groups;
     let mut out = vec![0.0f32; values.len()];
-    out.par_chunks_mut(per_group)
-        .zip(values.par_chunks(per_group))
+    out.par_chunks_mut(cpg * per_channel)
+        .zip(values.par_chunks(cpg * per_channel))
         .enumerate()
         .for_each(|(bg, (dst, src))| {
-            // Two passes in f64: the mean, then the (biased) variance about it, as PyTorch's
-            // group norm computes it, without the cancellation of E[x^2] - E[x]^2.
-            let count = src.len() as f64;
-            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / count;
-            let var = src
-                .iter()
-                .map(|&v| {
-                    let d = v as f64 - mean;
-                    d * d
-                })
-                .sum::<f64>()
-                / count;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let first_channel = (bg % groups) * (c / groups);
+            let (mean, rstd) = group_stats(src, eps);
+            let first_channel = (bg % groups) * cpg;
             for (i, (d, s)) in dst
                 .chunks_mut(per_channel)
                 .zip(src.chunks(per_channel))
@@ -705,14 +732,10 @@ fn group_norm_silu_fast(norm: &GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
                 let ch = first_channel + i;
                 let scale = (rstd * gamma.map_or(1.0, |g| g[ch] as f64)) as f32;
                 let shift = (beta.map_or(0.0, |b| b[ch] as f64) - mean * scale as f64) as f32;
-                map_f32(d, s, |s| {
-                    let y = s * scale + shift;
-                    y / (1.0 + exp_f32(-y))
-                });
+                map_f32(d, s, |s| silu_f32(s * scale + shift));
             }
         });
-    let _ = batch;
-    Some(from_vec(out, [batch, c, h, w]))
+    out
 }
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`.
