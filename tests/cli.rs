@@ -3,20 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn sftok() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sftok"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sftok-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{repo, sftok, temp_dir};
 
 #[test]
 fn reconstruct_writes_a_strip_and_prints_psnr_per_step() {

@@ -5,20 +5,8 @@ use std::process::Command;
 
 use image::RgbImage;
 
-fn sftok() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sftok"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sftok-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{repo, sftok, temp_dir};
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
