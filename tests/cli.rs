@@ -1,8 +1,5 @@
 //! End-to-end tests of the `sftok` command line: the real binary, real files.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 mod common;
 use common::{repo, sftok, temp_dir};
 

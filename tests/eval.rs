@@ -1,6 +1,6 @@
 //! End-to-end tests of `sftok eval` and of the bundled model assets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use image::RgbImage;
