@@ -21,30 +21,15 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::cpu_kernels::{
-    attention_values, f32s, fill_padded, gemm_strided, group_norm_silu_values, group_stats,
-    same_conv, same_conv_kernel, silu_f32,
+    attention_values, contiguous_f32, f32s, fill_padded, flex_from, gemm_strided,
+    group_norm_silu_values, group_stats, same_conv, same_conv_kernel, silu_f32,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-fn contiguous(t: &FlexTensor) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    Some(if t.is_contiguous() && t.layout().start_offset() == 0 {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    })
-}
-
-fn flex_from(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())))
-}
 
 /// What the backward pass of a convolution keeps: the input and weight values and the sizes.
 #[derive(Clone, Debug)]
@@ -65,7 +50,7 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
 
     fn backward(self, ops: Ops<ConvState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let Some(grad) = contiguous(&grad) else {
+        let Some(grad) = contiguous_f32(&grad) else {
             return;
         };
         let st = ops.state;
@@ -191,10 +176,10 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         Some(b) => Some(b.val().try_into_primitive::<Ad>().ok()?),
         None => None,
     };
-    let input = contiguous(xa.primitive())?;
-    let weight = contiguous(wa.primitive())?;
+    let input = contiguous_f32(xa.primitive())?;
+    let weight = contiguous_f32(wa.primitive())?;
     let bias = match &ba {
-        Some(b) => Some(contiguous(b.primitive())?),
+        Some(b) => Some(contiguous_f32(b.primitive())?),
         None => None,
     };
     let [batch, c, h, w] = x.dims();
@@ -292,7 +277,7 @@ impl<A: Activation> Backward<Flex, 1> for Elementwise<A> {
         let [Some(node)] = &ops.parents else {
             return;
         };
-        let Some(grad) = contiguous(&grad) else {
+        let Some(grad) = contiguous_f32(&grad) else {
             return;
         };
         let input = f32s(&ops.state);
@@ -309,7 +294,7 @@ impl<A: Activation> Backward<Flex, 1> for Elementwise<A> {
 
 fn elementwise<A: Activation, const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     let xa = x.clone().try_into_primitive::<Ad>().ok()?;
-    let input = contiguous(xa.primitive())?;
+    let input = contiguous_f32(xa.primitive())?;
     let values = f32s(&input);
     let mut out = vec![0.0f32; values.len()];
     out.par_chunks_mut(1 << 14)
@@ -357,7 +342,7 @@ impl Backward<Flex, 3> for GroupNormSilu {
 
     fn backward(self, ops: Ops<NormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let Some(grad) = contiguous(&grad) else {
+        let Some(grad) = contiguous_f32(&grad) else {
             return;
         };
         let st = ops.state;
@@ -445,9 +430,9 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tens
     let xa = x.clone().try_into_primitive::<Ad>().ok()?;
     let ga = norm.gamma.as_ref()?.val().try_into_primitive::<Ad>().ok()?;
     let ba = norm.beta.as_ref()?.val().try_into_primitive::<Ad>().ok()?;
-    let input = contiguous(xa.primitive())?;
-    let gamma = contiguous(ga.primitive())?;
-    let beta = contiguous(ba.primitive())?;
+    let input = contiguous_f32(xa.primitive())?;
+    let gamma = contiguous_f32(ga.primitive())?;
+    let beta = contiguous_f32(ba.primitive())?;
     let per_channel = input.layout().num_elements() / x.dims()[0] / c;
     let out = group_norm_silu_values(
         f32s(&input),
@@ -496,7 +481,7 @@ impl Backward<Flex, 1> for AttentionCore {
         let [Some(node)] = &ops.parents else {
             return;
         };
-        let Some(grad) = contiguous(&grad) else {
+        let Some(grad) = contiguous_f32(&grad) else {
             return;
         };
         let st = ops.state;
@@ -597,7 +582,7 @@ impl Backward<Flex, 1> for AttentionCore {
 pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
     let [b, s, w3] = qkv.dims();
     let qa = qkv.clone().try_into_primitive::<Ad>().ok()?;
-    let input = contiguous(qa.primitive())?;
+    let input = contiguous_f32(qa.primitive())?;
     let tracked = qkv.is_require_grad();
     let (out, probs) = attention_values(f32s(&input), [b, s, w3], heads, tracked);
     let out = flex_from(out, &[b, s, w3 / 3]);

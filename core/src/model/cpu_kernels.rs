@@ -28,16 +28,20 @@ use rayon::prelude::*;
 
 /// The tensor's values, contiguous, when it is a plain f32 flex tensor (not autodiff); else `None`.
 pub(crate) fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    let ft = t.clone().try_into_primitive::<Flex>().ok()?;
-    if ft.dtype() != DType::F32 {
+    contiguous_f32(&t.clone().try_into_primitive::<Flex>().ok()?)
+}
+
+/// `t` itself when it is f32, contiguous and starts at offset 0; a contiguous copy when it is f32
+/// otherwise; `None` for other dtypes.
+pub(crate) fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
         return None;
     }
-    let ft = if ft.is_contiguous() && ft.layout().start_offset() == 0 {
-        ft
+    Some(if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t.clone()
     } else {
-        ft.to_contiguous()
-    };
-    Some(ft)
+        t.to_contiguous()
+    })
 }
 
 pub(crate) fn f32s(ft: &FlexTensor) -> &[f32] {
@@ -46,14 +50,18 @@ pub(crate) fn f32s(ft: &FlexTensor) -> &[f32] {
     &ft.storage::<f32>()[start..start + n]
 }
 
-fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-    let data = TensorData::new(values, Shape::from(shape.to_vec()));
-    let ft = FlexTensor::from_data(data);
+/// A flex tensor owning `values` (no copy), contiguous with `shape`.
+pub(crate) fn flex_from(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    let ft = FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())));
     debug_assert_eq!(
         ft.layout(),
         &Layout::contiguous(Shape::from(shape.to_vec()))
     );
-    Tensor::from_primitive::<Flex>(ft)
+    ft
+}
+
+fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(flex_from(values, &shape))
 }
 
 /// `conv.forward(x)` (+ `residual` when given), with the fast path for "same" convolutions.
