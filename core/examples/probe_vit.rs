@@ -21,6 +21,12 @@ fn time(what: &str, f: &dyn Fn() -> usize) -> f64 {
 }
 
 fn main() {
+    // The batch size, first argument (default 1): at batch 8 the products are 8x taller.
+    let batch: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
+    eprintln!("batch {batch}, 321 tokens x 768");
     let d = Device::flex();
     let cfg = VitConfig {
         width: 768,
@@ -30,7 +36,7 @@ fn main() {
         mlp_ratio: 4.0,
     };
     let block = ResidualAttentionBlock::new(&cfg, 1e-5, &d);
-    let x = Tensor::<3>::random([1, 321, 768], Distribution::Normal(0.0, 1.0), &d);
+    let x = Tensor::<3>::random([batch, 321, 768], Distribution::Normal(0.0, 1.0), &d);
     let total = time("whole block", &|| {
         block.forward(x.clone()).into_data().num_elements()
     });
@@ -49,12 +55,12 @@ fn main() {
         .into_data()
         .num_elements()
     });
-    let q = Tensor::<4>::random([1, 12, 321, 64], Distribution::Default, &d);
+    let q = Tensor::<4>::random([batch, 12, 321, 64], Distribution::Default, &d);
     time("scores + softmax + values", &|| {
         let a = softmax(q.clone().matmul(q.clone().swap_dims(2, 3)), 3);
         a.matmul(q.clone())
             .swap_dims(1, 2)
-            .reshape([1, 321, 768])
+            .reshape([batch, 321, 768])
             .into_data()
             .num_elements()
     });
@@ -92,7 +98,11 @@ fn main() {
     time("residual add", &|| {
         (x.clone() + x.clone()).into_data().num_elements()
     });
-    let flops = 321.0 * (4.0 * 768.0 * 768.0 + 2.0 * 768.0 * 3072.0) * 2.0
+    let flops = batch as f64 * 321.0 * (4.0 * 768.0 * 768.0 + 2.0 * 768.0 * 3072.0) * 2.0
         + 2.0 * 12.0 * 321.0 * 321.0 * 64.0 * 2.0;
-    eprintln!("block: {:.1} GFLOP/s", flops / total / 1e6);
+    eprintln!(
+        "block: {:.1} GFLOP/s, {:.2} ms per image",
+        flops / total / 1e6,
+        total / batch as f64
+    );
 }

@@ -25,8 +25,8 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::cpu_kernels::{
-    attention_values, contiguous_f32, f32s, fill_padded, flex_from, gemm_strided,
-    group_norm_silu_values, group_stats, same_conv, same_conv_kernel, silu_f32,
+    attention_values, contiguous_f32, f32s, flex_from, gemm_strided, group_norm_silu_values,
+    group_stats, has_avx2, same_conv, same_conv_kernel, silu_f32, update_f32,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -98,9 +98,14 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
     }
 }
 
-/// `dL/dw[o][c][ky][kx] = sum over images and positions of dL/dy[o][y][x] * xpad[c][y+ky][x+kx]`:
-/// with dL/dy laid out on the padded-width grid (zeros in the k-1 extra columns of each row), one
-/// GEMM per tap, `G [o, h*wp] x X_shifted [c, h*wp]^T`, accumulated over the batch.
+/// `dL/dw[o][c][ky][kx] = sum over images and positions of dL/dy[o][y][x] * xpad[c][y+ky][x+kx]`.
+///
+/// Both operands are laid out channel-major over the whole batch: for each channel, the padded
+/// planes of all images one after the other (length `batch * plane`), the output gradient on the
+/// same padded grid with zeros outside the `h x w` interior. On that layout position q of the
+/// gradient meets position q + ky*wp + kx of the input for every image at once, so each tap is
+/// one GEMM `G [o, batch*plane] x X_shifted [c, batch*plane]^T` whose inner dimension is the whole
+/// batch's positions (per image, it was as small as 80 at the demo model's 8x8 codes).
 fn weight_gradient(
     x: &[f32],
     g: &[f32],
@@ -111,58 +116,61 @@ fn weight_gradient(
     let pad = (k - 1) / 2;
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let plane = hp * wp;
-    let n = h * wp;
+    let span = batch * plane;
     let taps = k * k;
-    let mut gw = vec![0.0f32; o * c * taps];
-    let mut padded = vec![0.0f32; c * plane + k];
-    let mut grid = vec![0.0f32; o * n];
-    for b in 0..batch {
-        fill_padded(
-            &mut padded,
-            &x[b * c * h * w..(b + 1) * c * h * w],
-            [h, w],
-            pad,
-        );
-        let gb = &g[b * o * h * w..(b + 1) * o * h * w];
-        grid.par_chunks_mut(n)
-            .zip(gb.par_chunks(h * w))
-            .for_each(|(dst, src)| {
-                for y in 0..h {
-                    dst[y * wp..y * wp + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+    // Reads of the shifted input run up to (k-1)*wp + k-1 values past a channel's span.
+    let stride = span + k * wp;
+    let channel_major = |values: &[f32], channels: usize, interior_at: usize| {
+        let mut out = vec![0.0f32; channels * stride];
+        out.par_chunks_mut(stride)
+            .enumerate()
+            .for_each(|(ch, dst)| {
+                for b in 0..batch {
+                    let src = &values[(b * channels + ch) * h * w..][..h * w];
+                    for y in 0..h {
+                        let at = b * plane + (y + interior_at) * wp + interior_at;
+                        dst[at..at + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+                    }
                 }
             });
-        // Each tap writes its own column of `gw` (stride `taps`): the taps run in parallel.
-        let gw_addr = gw.as_mut_ptr() as usize;
-        (0..taps).into_par_iter().for_each(|tap| {
-            let (ky, kx) = (tap / k, tap % k);
-            // SAFETY: dst is gw viewed as o x c with strides (c*taps, taps) from offset `tap`,
-            // written by this task only; lhs is the o x n grid; rhs[j][ci] is
-            // padded[ci*plane + ky*wp + kx + j] for j < n, inside the buffer (k values of slack).
-            unsafe {
-                gemm::gemm(
-                    o,
-                    c,
-                    n,
-                    (gw_addr as *mut f32).add(tap),
-                    taps as isize,
-                    (c * taps) as isize,
-                    b > 0,
-                    grid.as_ptr(),
-                    1,
-                    n as isize,
-                    padded.as_ptr().add(ky * wp + kx),
-                    plane as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
-    }
+        out
+    };
+    // The input with its zero border; the gradient at the grid's top-left (its position q pairs
+    // with input position q + tap offset).
+    let xs = channel_major(x, c, pad);
+    let gs = channel_major(g, o, 0);
+    let mut gw = vec![0.0f32; o * c * taps];
+    // Each tap writes its own column of `gw` (stride `taps`): the taps run in parallel.
+    let gw_addr = gw.as_mut_ptr() as usize;
+    (0..taps).into_par_iter().for_each(|tap| {
+        let (ky, kx) = (tap / k, tap % k);
+        // SAFETY: dst is gw viewed as o x c with strides (c*taps, taps) from offset `tap`,
+        // written by this task only; lhs is gs as o x span (row stride `stride`); rhs[q][ci] is
+        // xs[ci*stride + ky*wp + kx + q] for q < span, inside xs (k*wp values of slack).
+        unsafe {
+            gemm::gemm(
+                o,
+                c,
+                span,
+                (gw_addr as *mut f32).add(tap),
+                taps as isize,
+                (c * taps) as isize,
+                false,
+                gs.as_ptr(),
+                1,
+                stride as isize,
+                xs.as_ptr().add(ky * wp + kx),
+                stride as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
     gw
 }
 
@@ -372,27 +380,21 @@ impl Backward<Flex, 3> for GroupNormSilu {
                 for i in 0..cpg {
                     let ch = first + i;
                     let range = i * per_channel..(i + 1) * per_channel;
-                    for (d, (&xv, &gv)) in dx[range.clone()]
-                        .iter_mut()
-                        .zip(x[range.clone()].iter().zip(&g[range]))
-                    {
-                        let xhat = ((xv as f64 - mean) * rstd) as f32;
-                        let n = xhat * gamma[ch] + beta[ch];
-                        let dn = gv * Silu::derivative(n);
-                        dgamma[i] += (dn * xhat) as f64;
-                        dbeta[i] += dn as f64;
-                        let dxhat = dn * gamma[ch];
-                        sum_dxhat += dxhat as f64;
-                        sum_dxhat_xhat += (dxhat * xhat) as f64;
-                        *d = dxhat;
-                    }
+                    let sums = norm_silu_backward_channel(
+                        &mut dx[range.clone()],
+                        &x[range.clone()],
+                        &g[range],
+                        [mean as f32, rstd as f32, gamma[ch], beta[ch]],
+                    );
+                    dgamma[i] += sums[0];
+                    dbeta[i] += sums[1];
+                    sum_dxhat += sums[2];
+                    sum_dxhat_xhat += sums[3];
                 }
                 let count = per_group as f64;
-                let (m1, m2) = (sum_dxhat / count, sum_dxhat_xhat / count);
-                for (d, &xv) in dx.iter_mut().zip(x) {
-                    let xhat = (xv as f64 - mean) * rstd;
-                    *d = (rstd * (*d as f64 - m1 - xhat * m2)) as f32;
-                }
+                let (m1, m2) = ((sum_dxhat / count) as f32, (sum_dxhat_xhat / count) as f32);
+                let (mean, rstd) = (mean as f32, rstd as f32);
+                norm_backward_finish(dx, x, [mean, rstd, m1, m2]);
                 (dgamma, dbeta)
             })
             .collect();
@@ -417,6 +419,77 @@ impl Backward<Flex, 3> for GroupNormSilu {
             grads.register::<Flex>(node.id, flex_from(dbeta, &[c]));
         }
     }
+}
+
+/// One channel of the group norm + SiLU backward: writes `dL/dxhat` into `dx` and returns the
+/// channel's sums of `dn * xhat`, `dn` (its dgamma and dbeta), `dxhat` and `dxhat * xhat`.
+/// `[mean, rstd, gamma, beta]` are the group's statistics and the channel's affine parameters.
+fn norm_silu_backward_channel(dx: &mut [f32], x: &[f32], g: &[f32], params: [f32; 4]) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { norm_silu_backward_channel_avx2(dx, x, g, params) };
+    }
+    norm_silu_backward_channel_plain(dx, x, g, params)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn norm_silu_backward_channel_avx2(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    params: [f32; 4],
+) -> [f64; 4] {
+    norm_silu_backward_channel_plain(dx, x, g, params)
+}
+
+/// Eight independent f32 lanes per sum (a vector of them; a channel holds at most a few
+/// thousand values per lane at the model's sizes), added up in f64 at the end.
+#[inline(always)]
+fn norm_silu_backward_channel_plain(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    [mean, rstd, gamma, beta]: [f32; 4],
+) -> [f64; 4] {
+    let step = |xv: f32, gv: f32| {
+        let xhat = (xv - mean) * rstd;
+        let dn = gv * Silu::derivative(xhat * gamma + beta);
+        let dxhat = dn * gamma;
+        (xhat, dn, dxhat)
+    };
+    let mut lanes = [[0.0f32; 8]; 4];
+    let n = x.len() / 8 * 8;
+    for ((d, xs), gs) in dx[..n]
+        .chunks_exact_mut(8)
+        .zip(x[..n].chunks_exact(8))
+        .zip(g[..n].chunks_exact(8))
+    {
+        for l in 0..8 {
+            let (xhat, dn, dxhat) = step(xs[l], gs[l]);
+            lanes[0][l] += dn * xhat;
+            lanes[1][l] += dn;
+            lanes[2][l] += dxhat;
+            lanes[3][l] += dxhat * xhat;
+            d[l] = dxhat;
+        }
+    }
+    let mut sums = lanes.map(|lane| lane.iter().map(|&v| v as f64).sum::<f64>());
+    for i in n..x.len() {
+        let (xhat, dn, dxhat) = step(x[i], g[i]);
+        sums[0] += (dn * xhat) as f64;
+        sums[1] += dn as f64;
+        sums[2] += dxhat as f64;
+        sums[3] += (dxhat * xhat) as f64;
+        dx[i] = dxhat;
+    }
+    sums
+}
+
+/// `dx = rstd (dxhat - m1 - xhat m2)` in place over a group, with `xhat = (x - mean) rstd`.
+fn norm_backward_finish(dx: &mut [f32], x: &[f32], [mean, rstd, m1, m2]: [f32; 4]) {
+    update_f32(dx, x, |d, xv| rstd * (d - m1 - (xv - mean) * rstd * m2));
 }
 
 /// `silu(norm.forward(x))` recorded as one operation on `Autodiff<Flex>` (affine group norm, 4-d
@@ -623,6 +696,8 @@ mod tests {
             (3, 4, 3, 6, 7, true),
             (5, 2, 1, 4, 4, false),
             (2, 3, 5, 6, 5, true),
+            // More channels than one 6-channel tile, rows wider than one 16-wide tile.
+            (8, 13, 3, 9, 17, true),
         ] {
             let ad = Device::flex().autodiff();
             let pad = (k - 1) / 2;

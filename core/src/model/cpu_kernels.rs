@@ -169,6 +169,23 @@ pub(crate) fn same_conv(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
+    if super::direct_conv::available() && super::direct_conv::preferred(c, h, w) {
+        return super::direct_conv::same_conv(x, [batch, c, h, w], weight, o, k, bias, residual);
+    }
+    same_conv_gemm(x, [batch, c, h, w], weight, o, k, bias, residual)
+}
+
+/// [`same_conv`] through the `gemm` crate: the path where AVX2 + FMA are missing, and the
+/// reference the direct kernel is benchmarked against.
+pub(crate) fn same_conv_gemm(
+    x: &[f32],
+    [batch, c, h, w]: [usize; 4],
+    weight: &[f32],
+    o: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
     let pad = (k - 1) / 2;
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let plane = hp * wp;
@@ -270,7 +287,7 @@ pub(crate) fn same_conv(
 /// compiled twice, for baseline x86-64 (SSE2, 4 lanes) and for AVX2 + FMA (8 lanes), and the
 /// second is used when the CPU has it: the default target would leave half of the width unused.
 #[inline]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -305,6 +322,30 @@ fn map2_plain(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32
 #[target_feature(enable = "avx2,fma")]
 fn map2_avx2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     map2_plain(dst, a, b, f)
+}
+
+#[inline(always)]
+fn update_plain(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (d, &b) in dst.iter_mut().zip(b) {
+        *d = f(*d, b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn update_avx2(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    update_plain(dst, b, f)
+}
+
+/// `dst[i] = f(dst[i], b[i])` in place, vectorised as [`map_f32`].
+#[inline]
+pub(crate) fn update_f32(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { update_avx2(dst, b, f) };
+    }
+    update_plain(dst, b, f)
 }
 
 /// `dst[i] = f(a[i], b[i])`, vectorised as [`map_f32`].
@@ -695,17 +736,44 @@ fn group_norm_silu_fast(norm: &GroupNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
 /// mean, then the biased variance about it), as PyTorch's group norm computes them, without the
 /// cancellation of E[x^2] - E[x]^2.
 pub(crate) fn group_stats(values: &[f32], eps: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { group_stats_avx2(values, eps) };
+    }
+    group_stats_plain(values, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn group_stats_avx2(values: &[f32], eps: f64) -> (f64, f64) {
+    group_stats_plain(values, eps)
+}
+
+#[inline(always)]
+fn group_stats_plain(values: &[f32], eps: f64) -> (f64, f64) {
     let count = values.len() as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / count;
-    let var = values
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / count;
+    let mean = lane_sum(values, |v| v as f64) / count;
+    let var = lane_sum(values, |v| {
+        let d = v as f64 - mean;
+        d * d
+    }) / count;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `sum f(v)` in f64 over 8 independent lanes, which the compiler turns into vector adds (one
+/// running sum is a chain it may not reorder).
+#[inline(always)]
+pub(crate) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 #[inline(always)]

@@ -4,6 +4,7 @@
 pub mod cpu_autodiff;
 pub mod cpu_kernels;
 pub mod decoder;
+mod direct_conv;
 pub mod discriminator;
 pub mod encoder;
 pub mod lpips;
