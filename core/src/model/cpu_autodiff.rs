@@ -233,6 +233,221 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
+/// `dst (m x n, row-major) (+)= lhs (m x k) x rhs (k x n)`, operands given by (row, column)
+/// strides, threaded over both cores when the product is large.
+///
+/// # Safety
+/// Every pointer is valid for the elements its sizes and strides address.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: *const f32,
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: *const f32,
+    [rhs_rs, rhs_cs]: [usize; 2],
+) {
+    let parallelism = if m * n * k >= 128 * 128 * 128 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// What the backward pass of a linear layer keeps.
+#[derive(Clone, Debug)]
+struct LinearState {
+    input: FlexTensor,
+    weight: FlexTensor,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+}
+
+/// A recorded `x W + b` (burn's layout: `W` is `[d_in, d_out]`) with `N` parents: input, weight
+/// (and bias when `N` = 3).
+#[derive(Debug)]
+struct LinearOp<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for LinearOp<N> {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(grad) = contiguous_f32(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let (rows, d_in, d_out) = (st.rows, st.d_in, st.d_out);
+        let g = f32s(&grad);
+        if let Some(node) = &ops.parents[0] {
+            // dL/dx = G W^T: rhs element (j, i) is W[i][j].
+            let mut gx = vec![0.0f32; rows * d_in];
+            // SAFETY: gx is rows x d_in; g is rows x d_out row-major; W is d_in x d_out
+            // row-major, read transposed.
+            unsafe {
+                product(
+                    [rows, d_in, d_out],
+                    gx.as_mut_ptr(),
+                    false,
+                    g.as_ptr(),
+                    [d_out, 1],
+                    f32s(&st.weight).as_ptr(),
+                    [1, d_out],
+                )
+            };
+            grads.register::<Flex>(node.id, flex_from(gx, st.input.layout().shape()));
+        }
+        if let Some(node) = &ops.parents[1] {
+            // dL/dW = X^T G: lhs element (i, r) is x[r][i].
+            let mut gw = vec![0.0f32; d_in * d_out];
+            // SAFETY: gw is d_in x d_out; x is rows x d_in row-major, read transposed; g is
+            // rows x d_out row-major.
+            unsafe {
+                product(
+                    [d_in, d_out, rows],
+                    gw.as_mut_ptr(),
+                    false,
+                    f32s(&st.input).as_ptr(),
+                    [1, d_in],
+                    g.as_ptr(),
+                    [d_out, 1],
+                )
+            };
+            grads.register::<Flex>(node.id, flex_from(gw, &[d_in, d_out]));
+        }
+        if N == 3
+            && let Some(node) = &ops.parents[N - 1]
+        {
+            // Column sums of G, in f64, over blocks of rows in parallel.
+            let block = rows
+                .div_ceil(rayon::current_num_threads().max(1) * 4)
+                .max(1);
+            let gb = g
+                .par_chunks(block * d_out)
+                .map(|chunk| {
+                    let mut sums = vec![0.0f64; d_out];
+                    for row in chunk.chunks_exact(d_out) {
+                        for (s, &v) in sums.iter_mut().zip(row) {
+                            *s += v as f64;
+                        }
+                    }
+                    sums
+                })
+                .reduce(
+                    || vec![0.0f64; d_out],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            let gb: Vec<f32> = gb.into_iter().map(|v| v as f32).collect();
+            grads.register::<Flex>(node.id, flex_from(gb, &[d_out]));
+        }
+    }
+}
+
+/// `x W + b` (`W`: `[d_in, d_out]`, as `burn::nn::Linear` stores it) recorded as one operation on
+/// `Autodiff<Flex>`: the bias is written into the output first and the product accumulated onto
+/// it; the backward pass reads `W` and `x` transposed through strides instead of copying them.
+/// `None` elsewhere.
+pub fn linear<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    if D < 2 || dims[D - 1] != d_in {
+        return None;
+    }
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let wa = weight.clone().try_into_primitive::<Ad>().ok()?;
+    let ba = match bias {
+        Some(b) => Some(b.clone().try_into_primitive::<Ad>().ok()?),
+        None => None,
+    };
+    let input = contiguous_f32(xa.primitive())?;
+    let weight_values = contiguous_f32(wa.primitive())?;
+    let bias_values = match &ba {
+        Some(b) => Some(contiguous_f32(b.primitive())?),
+        None => None,
+    };
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut out = vec![0.0f32; rows * d_out];
+    if let Some(b) = &bias_values {
+        let b = f32s(b);
+        out.par_chunks_mut(d_out)
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    // SAFETY: out is rows x d_out; x is rows x d_in and W d_in x d_out, both row-major.
+    unsafe {
+        product(
+            [rows, d_out, d_in],
+            out.as_mut_ptr(),
+            bias_values.is_some(),
+            f32s(&input).as_ptr(),
+            [d_in, 1],
+            f32s(&weight_values).as_ptr(),
+            [d_out, 1],
+        )
+    };
+    let mut out_shape = dims.to_vec();
+    out_shape[D - 1] = d_out;
+    let out = flex_from(out, &out_shape);
+    let state = LinearState {
+        input,
+        weight: weight_values,
+        rows,
+        d_in,
+        d_out,
+    };
+    let result = match ba {
+        Some(ba) => match LinearOp::<3>
+            .prepare::<NoCheckpointing>([xa.node(), wa.node(), ba.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        None => match LinearOp::<2>
+            .prepare::<NoCheckpointing>([xa.node(), wa.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
 /// An element-wise activation: its value and derivative, inlined into the vectorised loops.
 trait Activation: Send + std::fmt::Debug + 'static {
     fn value(x: f32) -> f32;
@@ -732,6 +947,45 @@ mod tests {
                 let gb2 = conv2.bias.as_ref().unwrap().grad(&g2).unwrap();
                 gb.into_data()
                     .assert_approx_eq::<f32>(&gb2.into_data(), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn linear_gradients_match_burn() {
+        for (rows, d_in, d_out, bias) in [(7, 5, 3, true), (4, 9, 11, false), (130, 64, 96, true)] {
+            let ad = Device::flex().autodiff();
+            let layer = burn::nn::LinearConfig::new(d_in, d_out)
+                .with_bias(bias)
+                .init(&ad);
+            let x = Tensor::<3>::random([2, rows, d_in], Distribution::Normal(0.0, 1.0), &ad)
+                .require_grad();
+            let r = Tensor::<3>::random([2, rows, d_out], Distribution::Normal(0.0, 1.0), &ad);
+            let b = layer.bias.as_ref().map(|b| b.val());
+            let fast = linear(&x, &layer.weight.val(), b.as_ref()).expect("Autodiff<Flex> path");
+            let g = (fast.clone() * r.clone()).sum().backward();
+            let x2 = x.clone().detach().require_grad();
+            let slow = layer.forward(x2.clone());
+            let g2 = (slow.clone() * r).sum().backward();
+            let tol = Tolerance::absolute(2e-4);
+            fast.inner()
+                .into_data()
+                .assert_approx_eq::<f32>(&slow.inner().into_data(), tol);
+            x.grad(&g)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&x2.grad(&g2).unwrap().into_data(), tol);
+            layer
+                .weight
+                .grad(&g)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&layer.weight.grad(&g2).unwrap().into_data(), tol);
+            if let Some(bias) = &layer.bias {
+                bias.grad(&g)
+                    .unwrap()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&bias.grad(&g2).unwrap().into_data(), tol);
             }
         }
     }

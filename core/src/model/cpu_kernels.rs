@@ -622,6 +622,9 @@ pub fn linear<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    if let Some(out) = super::cpu_autodiff::linear(&x, &weight, bias.as_ref()) {
+        return out;
+    }
     match linear_fast(&x, &weight, bias.as_ref()) {
         Some(out) => out,
         None => burn::tensor::module::linear(x, weight, bias),
