@@ -67,6 +67,14 @@ fn main() {
     time("mlp c_fc", &|| {
         block.mlp.c_fc.forward(x.clone()).into_data().num_elements()
     });
+    time("mlp c_fc (cpu_kernels::linear_layer)", &|| {
+        sftok_core::model::cpu_kernels::linear_layer(&block.mlp.c_fc, x.clone())
+            .into_data()
+            .num_elements()
+    });
+    time("mlp (cpu_kernels)", &|| {
+        block.mlp.forward(x.clone()).into_data().num_elements()
+    });
     let hidden = block.mlp.c_fc.forward(x.clone());
     time("gelu (burn)", &|| {
         gelu(hidden.clone()).into_data().num_elements()
