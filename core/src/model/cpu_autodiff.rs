@@ -25,11 +25,37 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::cpu_kernels::{
-    attention_values, contiguous_f32, f32s, flex_from, gemm_strided, group_norm_silu_values,
-    group_stats, has_avx2, same_conv, same_conv_kernel, silu_f32, update_f32,
+    SameConv as ConvOperands, attention_values, contiguous_f32, f32s, flex_from, gemm_strided,
+    gemm_threaded, group_norm_silu_values, group_stats, has_avx2, linear_values, same_conv,
+    same_conv_kernel, silu_f32, update_f32,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// Records `$op::<2>` (parents: input, weight) or `$op::<3>` (and bias) with `state` kept for the
+/// backward pass when a parent is tracked; evaluates to the autodiff primitive of `out`.
+macro_rules! record_with_optional_bias {
+    ($op:ident, $x:expr, $w:expr, $bias:expr, $state:expr, $out:expr) => {
+        match $bias {
+            Some(b) => match $op::<3>
+                .prepare::<NoCheckpointing>([$x.node(), $w.node(), b.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish($state, $out),
+                OpsKind::UnTracked(prep) => prep.finish($out),
+            },
+            None => match $op::<2>
+                .prepare::<NoCheckpointing>([$x.node(), $w.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish($state, $out),
+                OpsKind::UnTracked(prep) => prep.finish($out),
+            },
+        }
+    };
+}
 
 /// What the backward pass of a convolution keeps: the input and weight values and the sizes.
 #[derive(Clone, Debug)]
@@ -72,7 +98,15 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
                     }
                 }
             }
-            let gx = same_conv(g, [batch, o, h, w], &flipped, c, k, None, None);
+            let gx = same_conv(ConvOperands {
+                x: g,
+                dims: [batch, o, h, w],
+                weight: &flipped,
+                out_channels: c,
+                k,
+                bias: None,
+                residual: None,
+            });
             grads.register::<Flex>(node.id, flex_from(gx, &[batch, c, h, w]));
         }
         if let Some(node) = &ops.parents[1] {
@@ -195,15 +229,15 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     if wc != c {
         return None;
     }
-    let out = same_conv(
-        f32s(&input),
-        [batch, c, h, w],
-        f32s(&weight),
-        o,
+    let out = same_conv(ConvOperands {
+        x: f32s(&input),
+        dims: [batch, c, h, w],
+        weight: f32s(&weight),
+        out_channels: o,
         k,
-        bias.as_ref().map(f32s),
-        None,
-    );
+        bias: bias.as_ref().map(f32s),
+        residual: None,
+    });
     let out = flex_from(out, &[batch, o, h, w]);
     let state = ConvState {
         input,
@@ -212,71 +246,8 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         out_channels: o,
         k,
     };
-    let result = match ba {
-        Some(ba) => match SameConv::<3>
-            .prepare::<NoCheckpointing>([xa.node(), wa.node(), ba.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-        None => match SameConv::<2>
-            .prepare::<NoCheckpointing>([xa.node(), wa.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-    };
+    let result = record_with_optional_bias!(SameConv, xa, wa, ba, state, out);
     Some(Tensor::from_primitive::<Ad>(result))
-}
-
-/// `dst (m x n, row-major) (+)= lhs (m x k) x rhs (k x n)`, operands given by (row, column)
-/// strides, threaded over both cores when the product is large.
-///
-/// # Safety
-/// Every pointer is valid for the elements its sizes and strides address.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    accumulate: bool,
-    lhs: *const f32,
-    [lhs_rs, lhs_cs]: [usize; 2],
-    rhs: *const f32,
-    [rhs_rs, rhs_cs]: [usize; 2],
-) {
-    let parallelism = if m * n * k >= 128 * 128 * 128 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 /// What the backward pass of a linear layer keeps.
@@ -311,14 +282,12 @@ impl<const N: usize> Backward<Flex, N> for LinearOp<N> {
             // SAFETY: gx is rows x d_in; g is rows x d_out row-major; W is d_in x d_out
             // row-major, read transposed.
             unsafe {
-                product(
+                gemm_threaded(
                     [rows, d_in, d_out],
-                    gx.as_mut_ptr(),
+                    (gx.as_mut_ptr(), [d_in, 1]),
                     false,
-                    g.as_ptr(),
-                    [d_out, 1],
-                    f32s(&st.weight).as_ptr(),
-                    [1, d_out],
+                    (g.as_ptr(), [d_out, 1]),
+                    (f32s(&st.weight).as_ptr(), [1, d_out]),
                 )
             };
             grads.register::<Flex>(node.id, flex_from(gx, st.input.layout().shape()));
@@ -329,14 +298,12 @@ impl<const N: usize> Backward<Flex, N> for LinearOp<N> {
             // SAFETY: gw is d_in x d_out; x is rows x d_in row-major, read transposed; g is
             // rows x d_out row-major.
             unsafe {
-                product(
+                gemm_threaded(
                     [d_in, d_out, rows],
-                    gw.as_mut_ptr(),
+                    (gw.as_mut_ptr(), [d_out, 1]),
                     false,
-                    f32s(&st.input).as_ptr(),
-                    [1, d_in],
-                    g.as_ptr(),
-                    [d_out, 1],
+                    (f32s(&st.input).as_ptr(), [1, d_in]),
+                    (g.as_ptr(), [d_out, 1]),
                 )
             };
             grads.register::<Flex>(node.id, flex_from(gw, &[d_in, d_out]));
@@ -399,22 +366,13 @@ pub fn linear<const D: usize>(
         None => None,
     };
     let rows = dims[..D - 1].iter().product::<usize>();
-    let mut out = vec![0.0f32; rows * d_out];
-    if let Some(b) = &bias_values {
-        let b = f32s(b);
-        out.par_chunks_mut(d_out)
-            .for_each(|row| row.copy_from_slice(b));
-    }
-    // SAFETY: out is rows x d_out; x is rows x d_in and W d_in x d_out, both row-major.
-    unsafe {
-        product(
-            [rows, d_out, d_in],
-            out.as_mut_ptr(),
-            bias_values.is_some(),
-            f32s(&input).as_ptr(),
-            [d_in, 1],
-            f32s(&weight_values).as_ptr(),
-            [d_out, 1],
+    // SAFETY: the weight's values are contiguous, d_in x d_out row-major.
+    let out = unsafe {
+        linear_values(
+            f32s(&input),
+            [rows, d_in, d_out],
+            (f32s(&weight_values).as_ptr(), [d_out, 1]),
+            bias_values.as_ref().map(f32s),
         )
     };
     let mut out_shape = dims.to_vec();
@@ -427,24 +385,7 @@ pub fn linear<const D: usize>(
         d_in,
         d_out,
     };
-    let result = match ba {
-        Some(ba) => match LinearOp::<3>
-            .prepare::<NoCheckpointing>([xa.node(), wa.node(), ba.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-        None => match LinearOp::<2>
-            .prepare::<NoCheckpointing>([xa.node(), wa.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-    };
+    let result = record_with_optional_bias!(LinearOp, xa, wa, ba, state, out);
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
@@ -659,8 +600,9 @@ fn norm_silu_backward_channel_avx2(
     norm_silu_backward_channel_plain(dx, x, g, params)
 }
 
-/// Eight independent f32 lanes per sum (a vector of them; a channel holds at most a few
-/// thousand values per lane at the model's sizes), added up in f64 at the end.
+/// Eight independent f32 lanes per sum (one vector of them), added up in f64 at the end; a lane
+/// sums at most 8,192 values (one channel of a 256 x 256 plane), well inside f32's precision for
+/// a gradient.
 #[inline(always)]
 fn norm_silu_backward_channel_plain(
     dx: &mut [f32],

@@ -124,15 +124,15 @@ fn conv2d_fast(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
     {
         return None;
     }
-    let out = same_conv(
-        f32s(&input),
-        [batch, c, h, w],
-        f32s(&weight),
-        o,
+    let out = same_conv(SameConv {
+        x: f32s(&input),
+        dims: [batch, c, h, w],
+        weight: f32s(&weight),
+        out_channels: o,
         k,
-        bias.as_ref().map(f32s),
-        res.as_ref().map(f32s),
-    );
+        bias: bias.as_ref().map(f32s),
+        residual: res.as_ref().map(f32s),
+    });
     Some(from_vec(out, [batch, o, h, w]))
 }
 
@@ -151,6 +151,24 @@ pub(crate) fn fill_padded(padded: &mut [f32], image: &[f32], [h, w]: [usize; 2],
         });
 }
 
+/// The operands of a "same" convolution (stride 1, odd k x k kernel, zero padding (k-1)/2) on
+/// raw values.
+#[derive(Clone, Copy)]
+pub(crate) struct SameConv<'a> {
+    /// The input, `[batch, c, h, w]` contiguous.
+    pub x: &'a [f32],
+    /// `[batch, c, h, w]`.
+    pub dims: [usize; 4],
+    /// `[out_channels, c, k, k]` contiguous.
+    pub weight: &'a [f32],
+    pub out_channels: usize,
+    pub k: usize,
+    /// Added per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Added to the output, `[batch, out_channels, h, w]`.
+    pub residual: Option<&'a [f32]>,
+}
+
 /// A stride-1 convolution with a k x k kernel (k odd) and zero padding (k-1)/2 on every side.
 ///
 /// The input of each image is copied once into a zero-padded plane per channel of width
@@ -160,32 +178,20 @@ pub(crate) fn fill_padded(padded: &mut [f32], image: &[f32], [h, w]: [usize; 2],
 /// of k*k matrix products `W_tap [o, c] x X_shifted [c, rows*wp]`, each a plain strided GEMM.
 /// Blocks of rows run in parallel, each into a small grid that stays in cache until its rows are
 /// written out with the bias and the residual added.
-pub(crate) fn same_conv(
-    x: &[f32],
-    [batch, c, h, w]: [usize; 4],
-    weight: &[f32],
-    o: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-) -> Vec<f32> {
+pub(crate) fn same_conv(conv: SameConv<'_>) -> Vec<f32> {
+    let [_, c, h, w] = conv.dims;
     if super::direct_conv::available() && super::direct_conv::preferred(c, h, w) {
-        return super::direct_conv::same_conv(x, [batch, c, h, w], weight, o, k, bias, residual);
+        return super::direct_conv::same_conv(conv);
     }
-    same_conv_gemm(x, [batch, c, h, w], weight, o, k, bias, residual)
+    same_conv_gemm(conv)
 }
 
 /// [`same_conv`] through the `gemm` crate: the path where AVX2 + FMA are missing, and the
 /// reference the direct kernel is benchmarked against.
-pub(crate) fn same_conv_gemm(
-    x: &[f32],
-    [batch, c, h, w]: [usize; 4],
-    weight: &[f32],
-    o: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-) -> Vec<f32> {
+pub(crate) fn same_conv_gemm(conv: SameConv<'_>) -> Vec<f32> {
+    let SameConv { x, weight, k, .. } = conv;
+    let ([batch, c, h, w], o) = (conv.dims, conv.out_channels);
+    let (bias, residual) = (conv.bias, conv.residual);
     let pad = (k - 1) / 2;
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let plane = hp * wp;
@@ -506,16 +512,52 @@ pub fn attention(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
 /// inputs or be written by another thread meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_strided(
-    [m, n, k]: [usize; 3],
+    dims: [usize; 3],
     dst: *mut f32,
-    [dst_rs, dst_cs]: [usize; 2],
+    dst_strides: [usize; 2],
     accumulate: bool,
     lhs: *const f32,
-    [lhs_rs, lhs_cs]: [usize; 2],
+    lhs_strides: [usize; 2],
     rhs: *const f32,
-    [rhs_rs, rhs_cs]: [usize; 2],
+    rhs_strides: [usize; 2],
     scale: f32,
 ) {
+    let (a, b) = ((lhs, lhs_strides), (rhs, rhs_strides));
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(dims, (dst, dst_strides), accumulate, a, b, scale, false) }
+}
+
+/// [`gemm_strided`] with scale 1, threaded over all cores when the product is large: for calls
+/// that are not already inside a parallel loop.
+///
+/// # Safety
+/// As [`gemm_strided`].
+pub(crate) unsafe fn gemm_threaded(
+    dims: [usize; 3],
+    dst: (*mut f32, [usize; 2]),
+    accumulate: bool,
+    lhs: (*const f32, [usize; 2]),
+    rhs: (*const f32, [usize; 2]),
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(dims, dst, accumulate, lhs, rhs, 1.0, true) }
+}
+
+unsafe fn gemm_with(
+    [m, n, k]: [usize; 3],
+    (dst, [dst_rs, dst_cs]): (*mut f32, [usize; 2]),
+    accumulate: bool,
+    (lhs, [lhs_rs, lhs_cs]): (*const f32, [usize; 2]),
+    (rhs, [rhs_rs, rhs_cs]): (*const f32, [usize; 2]),
+    scale: f32,
+    threaded: bool,
+) {
+    let parallelism = if threaded && m * n * k >= 128 * 128 * 128 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller vouches for the pointers and strides.
     unsafe {
         gemm::gemm(
             m,
@@ -536,9 +578,40 @@ pub(crate) unsafe fn gemm_strided(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
+}
+
+/// `x W + b` on raw values: `x` is `rows x d_in`, contiguous; `W` (`d_in x d_out`) is read at
+/// `w` with its (row, column) strides. The bias, when given, is written into the output first and
+/// the product accumulated onto it, so it costs no extra pass.
+///
+/// # Safety
+/// `w` addresses a `d_in x d_out` matrix with those strides.
+pub(crate) unsafe fn linear_values(
+    x: &[f32],
+    [rows, d_in, d_out]: [usize; 3],
+    w: (*const f32, [usize; 2]),
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * d_out];
+    if let Some(b) = bias {
+        out.par_chunks_mut(d_out)
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    let dst = (out.as_mut_ptr(), [d_out, 1]);
+    // SAFETY: out is rows x d_out, x rows x d_in (both row-major); w as the caller vouches.
+    unsafe {
+        gemm_threaded(
+            [rows, d_out, d_in],
+            dst,
+            bias.is_some(),
+            (x.as_ptr(), [d_in, 1]),
+            w,
+        )
+    };
+    out
 }
 
 /// The attention core on raw values: `qkv` `[b, s, 3w]` -> the heads' outputs `[b, s, w]`, and
@@ -652,49 +725,26 @@ fn linear_fast<const D: usize>(
     if w.dtype() != DType::F32 || !w.layout().has_positive_strides() {
         return None;
     }
-    let (w_rs, w_cs) = (w.layout().strides()[0], w.layout().strides()[1]);
+    // Positive (checked above), so the casts keep the values.
+    let (w_rs, w_cs) = (
+        w.layout().strides()[0] as usize,
+        w.layout().strides()[1] as usize,
+    );
     let w_ptr = w.storage::<f32>()[w.layout().start_offset()..].as_ptr();
     let bias = match bias {
         Some(b) => Some(flex_values(b)?),
         None => None,
     };
     let rows = dims[..D - 1].iter().product::<usize>();
-    let mut out = vec![0.0f32; rows * d_out];
-    if let Some(b) = &bias {
-        let b = f32s(b);
-        out.par_chunks_mut(d_out)
-            .for_each(|row| row.copy_from_slice(b));
-    }
-    let parallelism = if rows * d_in * d_out >= 192 * 192 * 192 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
+    // SAFETY: the weight's layout addresses d_in x d_out values from its start offset.
+    let out = unsafe {
+        linear_values(
+            f32s(&input),
+            [rows, d_in, d_out],
+            (w_ptr, [w_rs, w_cs]),
+            bias.as_ref().map(f32s),
+        )
     };
-    // SAFETY: out is rows x d_out (row stride d_out); x is rows x d_in, contiguous; the weight is
-    // d_in x d_out with the strides of its own layout, from its start offset.
-    unsafe {
-        gemm::gemm(
-            rows,
-            d_out,
-            d_in,
-            out.as_mut_ptr(),
-            1,
-            d_out as isize,
-            bias.is_some(),
-            f32s(&input).as_ptr(),
-            1,
-            d_in as isize,
-            w_ptr,
-            w_cs,
-            w_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
     let mut shape = dims;
     shape[D - 1] = d_out;
     Some(from_vec(out, shape))

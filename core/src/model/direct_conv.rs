@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use super::cpu_kernels::SameConv;
+
 /// Output channels per register tile.
 const TILE_CHANNELS: usize = 6;
 /// Grid positions per register tile (two AVX vectors).
@@ -47,15 +49,10 @@ pub(crate) fn preferred(c: usize, h: usize, w: usize) -> bool {
 /// The convolution of [`super::cpu_kernels::same_conv`] (same arguments, same result up to float
 /// rounding order). Callers check [`available`] first.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn same_conv(
-    x: &[f32],
-    [batch, c, h, w]: [usize; 4],
-    weight: &[f32],
-    o: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-) -> Vec<f32> {
+pub(crate) fn same_conv(conv: SameConv<'_>) -> Vec<f32> {
+    let SameConv { x, weight, k, .. } = conv;
+    let ([batch, c, h, w], o) = (conv.dims, conv.out_channels);
+    let (bias, residual) = (conv.bias, conv.residual);
     assert!(available(), "direct_conv::same_conv needs AVX2 and FMA");
     let pad = (k - 1) / 2;
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
@@ -283,24 +280,12 @@ unsafe fn tile_6x16(
                 let p = base.add(off);
                 let x0 = _mm256_loadu_ps(p);
                 let x1 = _mm256_loadu_ps(p.add(8));
-                let b0 = _mm256_broadcast_ss(&*wptr);
-                a[0] = _mm256_fmadd_ps(b0, x0, a[0]);
-                a[1] = _mm256_fmadd_ps(b0, x1, a[1]);
-                let b1 = _mm256_broadcast_ss(&*wptr.add(1));
-                a[2] = _mm256_fmadd_ps(b1, x0, a[2]);
-                a[3] = _mm256_fmadd_ps(b1, x1, a[3]);
-                let b2 = _mm256_broadcast_ss(&*wptr.add(2));
-                a[4] = _mm256_fmadd_ps(b2, x0, a[4]);
-                a[5] = _mm256_fmadd_ps(b2, x1, a[5]);
-                let b3 = _mm256_broadcast_ss(&*wptr.add(3));
-                a[6] = _mm256_fmadd_ps(b3, x0, a[6]);
-                a[7] = _mm256_fmadd_ps(b3, x1, a[7]);
-                let b4 = _mm256_broadcast_ss(&*wptr.add(4));
-                a[8] = _mm256_fmadd_ps(b4, x0, a[8]);
-                a[9] = _mm256_fmadd_ps(b4, x1, a[9]);
-                let b5 = _mm256_broadcast_ss(&*wptr.add(5));
-                a[10] = _mm256_fmadd_ps(b5, x0, a[10]);
-                a[11] = _mm256_fmadd_ps(b5, x1, a[11]);
+                // Unrolled by the compiler (constant bounds); `a` stays in registers.
+                for j in 0..TILE_CHANNELS {
+                    let wj = _mm256_broadcast_ss(&*wptr.add(j));
+                    a[2 * j] = _mm256_fmadd_ps(wj, x0, a[2 * j]);
+                    a[2 * j + 1] = _mm256_fmadd_ps(wj, x1, a[2 * j + 1]);
+                }
                 wptr = wptr.add(TILE_CHANNELS);
             }
         }
@@ -312,15 +297,7 @@ unsafe fn tile_6x16(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn same_conv(
-    _: &[f32],
-    _: [usize; 4],
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: Option<&[f32]>,
-    _: Option<&[f32]>,
-) -> Vec<f32> {
+pub(crate) fn same_conv(_: SameConv<'_>) -> Vec<f32> {
     unreachable!("direct_conv::available() is false off x86-64")
 }
 
@@ -329,15 +306,10 @@ mod tests {
     use super::*;
 
     /// The convolution by its definition, in f64.
-    fn naive(
-        x: &[f32],
-        [batch, c, h, w]: [usize; 4],
-        weight: &[f32],
-        o: usize,
-        k: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-    ) -> Vec<f32> {
+    fn naive(conv: SameConv<'_>) -> Vec<f32> {
+        let SameConv { x, weight, k, .. } = conv;
+        let ([batch, c, h, w], o) = (conv.dims, conv.out_channels);
+        let (bias, residual) = (conv.bias, conv.residual);
         let pad = (k - 1) as isize / 2;
         let mut out = vec![0.0f32; batch * o * h * w];
         for b in 0..batch {
@@ -400,8 +372,16 @@ mod tests {
             let bias = values(o, 3);
             let res = values(batch * o * h * w, 4);
             for (b, r) in [(None, None), (Some(&bias[..]), Some(&res[..]))] {
-                let got = same_conv(&x, [batch, c, h, w], &wt, o, k, b, r);
-                let want = naive(&x, [batch, c, h, w], &wt, o, k, b, r);
+                let conv = SameConv {
+                    x: &x,
+                    dims: [batch, c, h, w],
+                    weight: &wt,
+                    out_channels: o,
+                    k,
+                    bias: b,
+                    residual: r,
+                };
+                let (got, want) = (same_conv(conv), naive(conv));
                 let worst = got
                     .iter()
                     .zip(&want)
@@ -443,18 +423,19 @@ mod tests {
             for _ in 0..5 {
                 for (i, best) in best.iter_mut().enumerate() {
                     let t = std::time::Instant::now();
+                    let conv = SameConv {
+                        x: &x,
+                        dims: [b, c, hw, hw],
+                        weight: &wt,
+                        out_channels: c,
+                        k: 3,
+                        bias: None,
+                        residual: None,
+                    };
                     let out = if i == 0 {
-                        same_conv(&x, [b, c, hw, hw], &wt, c, 3, None, None)
+                        same_conv(conv)
                     } else {
-                        crate::model::cpu_kernels::same_conv_gemm(
-                            &x,
-                            [b, c, hw, hw],
-                            &wt,
-                            c,
-                            3,
-                            None,
-                            None,
-                        )
+                        crate::model::cpu_kernels::same_conv_gemm(conv)
                     };
                     std::hint::black_box(out);
                     *best = best.min(t.elapsed().as_secs_f64());

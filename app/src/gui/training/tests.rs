@@ -222,12 +222,7 @@ fn run_folders_and_resume() {
         steps: 30,
         ..TrainSettings::default()
     };
-    let config = config_from_settings(&s, &run).unwrap();
-    std::fs::write(
-        run.join("config.json"),
-        serde_json::to_string(&config).unwrap(),
-    )
-    .unwrap();
+    let config = write_run_config(&run, &s);
     let ckpt = run.join("checkpoints/step_00000005");
     std::fs::create_dir_all(&ckpt).unwrap();
     std::fs::write(ckpt.join("state.json"), "{}").unwrap();
@@ -517,6 +512,17 @@ fn a_fine_tune_opens_beside_its_base() {
     assert_eq!(panel.live.step, 3);
 }
 
+/// Writes the run configuration these settings give into `run/config.json`, as a run's start does.
+fn write_run_config(run: &Path, settings: &TrainSettings) -> TrainConfig {
+    let config = config_from_settings(settings, run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    config
+}
+
 /// A run folder as `sftok train` leaves it, without training: configuration, metrics, a preview
 /// and a checkpoint.
 fn fake_run(tag: &str, steps: u64) -> PathBuf {
@@ -529,12 +535,7 @@ fn fake_run(tag: &str, steps: u64) -> PathBuf {
         batch_size: 4,
         ..TrainSettings::default()
     };
-    let config = config_from_settings(&s, &run).unwrap();
-    std::fs::write(
-        run.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    write_run_config(&run, &s);
     let rows: String = (1..=steps)
         .map(|step| {
             format!(
