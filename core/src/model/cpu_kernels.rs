@@ -180,7 +180,7 @@ pub(crate) struct SameConv<'a> {
 /// written out with the bias and the residual added.
 pub(crate) fn same_conv(conv: SameConv<'_>) -> Vec<f32> {
     let [_, c, h, w] = conv.dims;
-    if super::direct_conv::available() && super::direct_conv::preferred(c, h, w) {
+    if super::direct_conv::available() && super::direct_conv::preferred(c, h, w, conv.k) {
         return super::direct_conv::same_conv(conv);
     }
     same_conv_gemm(conv)

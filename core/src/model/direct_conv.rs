@@ -35,15 +35,18 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// Whether this kernel beats the `gemm`-crate path for `c` input channels on `h x w` planes.
+/// Whether this kernel beats the `gemm`-crate path for a `k x k` kernel over `c` input channels
+/// on `h x w` planes.
 ///
-/// Measured here (`benchmark_against_gemm_path` below, 2 threads): the direct kernel is
-/// 1.3-2.6x faster on the small planes and few channels of training-size models (16 images of
-/// 32-128 channels at 8-64 px) and 1.25x at 512 channels on 16x16, but 5-12 % slower from 32x32
-/// planes up when there are 128 or more channels, where each of the GEMMs is large enough for
-/// the `gemm` crate's packing to pay off.
-pub(crate) fn preferred(c: usize, h: usize, w: usize) -> bool {
-    c < 128 || h * w < 32 * 32
+/// Measured here (`benchmark_against_gemm_path` below, 2 threads): for 3x3 kernels the direct
+/// kernel is 1.3-3x faster on the small planes and few channels of training-size models (16
+/// images of 32-128 channels at 8-64 px) and 1.2x at 512 channels on 16x16, but up to 12 % slower
+/// from 32x32 planes up when there are 128 or more channels, where each of the GEMMs is large
+/// enough for the `gemm` crate's packing to pay off. A 1x1 convolution is a single GEMM, which
+/// the `gemm` crate does better (1.5-2x at 256-768 channels): one tap leaves the direct tile
+/// too few products per input load.
+pub(crate) fn preferred(c: usize, h: usize, w: usize, k: usize) -> bool {
+    k > 1 && (c < 128 || h * w < 32 * 32)
 }
 
 /// The convolution of [`super::cpu_kernels::same_conv`] (same arguments, same result up to float
@@ -403,22 +406,27 @@ mod tests {
         if !available() {
             return;
         }
-        // The official pixel decoder's sizes at batch 1, then the demo teacher's at batch 16.
-        for (b, c, hw) in [
-            (1, 512, 16),
-            (1, 512, 32),
-            (1, 256, 64),
-            (1, 256, 128),
-            (1, 128, 128),
-            (1, 128, 256),
-            (16, 32, 64),
-            (16, 64, 32),
-            (16, 64, 16),
-            (16, 128, 8),
+        // The official pixel decoder's sizes at batch 1, the demo teacher's at batch 16, then
+        // 1x1 convolutions (the channel changes' shortcuts; the decoder's logit head).
+        for (b, c, hw, k) in [
+            (1, 512, 16, 3),
+            (1, 512, 32, 3),
+            (1, 256, 64, 3),
+            (1, 256, 128, 3),
+            (1, 128, 128, 3),
+            (1, 128, 256, 3),
+            (16, 32, 64, 3),
+            (16, 64, 32, 3),
+            (16, 64, 16, 3),
+            (16, 128, 8, 3),
+            (1, 768, 16, 1),
+            (1, 256, 64, 1),
+            (16, 64, 16, 1),
+            (16, 32, 64, 1),
         ] {
             let x = values(b * c * hw * hw, 1);
-            let wt = values(c * c * 9, 2);
-            let flops = 2.0 * (b * c * c * 9 * hw * hw) as f64;
+            let wt = values(c * c * k * k, 2);
+            let flops = 2.0 * (b * c * c * k * k * hw * hw) as f64;
             let mut best = [f64::MAX; 2];
             for _ in 0..5 {
                 for (i, best) in best.iter_mut().enumerate() {
@@ -428,7 +436,7 @@ mod tests {
                         dims: [b, c, hw, hw],
                         weight: &wt,
                         out_channels: c,
-                        k: 3,
+                        k,
                         bias: None,
                         residual: None,
                     };
@@ -442,7 +450,7 @@ mod tests {
                 }
             }
             println!(
-                "conv3x3 batch {b} {c}->{c} @{hw}^2: direct {:.1} ms ({:.0} GFLOP/s), gemm {:.1} ms ({:.0} GFLOP/s)",
+                "conv{k}x{k} batch {b} {c}->{c} @{hw}^2: direct {:.1} ms ({:.0} GFLOP/s), gemm {:.1} ms ({:.0} GFLOP/s)",
                 best[0] * 1e3,
                 flops / best[0] / 1e9,
                 best[1] * 1e3,
