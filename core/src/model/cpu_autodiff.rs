@@ -182,26 +182,16 @@ fn weight_gradient(
         // written by this task only; lhs is gs as o x span (row stride `stride`); rhs[q][ci] is
         // xs[ci*stride + ky*wp + kx + q] for q < span, inside xs (k*wp values of slack).
         unsafe {
-            gemm::gemm(
-                o,
-                c,
-                span,
+            gemm_strided(
+                [o, c, span],
                 (gw_addr as *mut f32).add(tap),
-                taps as isize,
-                (c * taps) as isize,
+                [c * taps, taps],
                 false,
                 gs.as_ptr(),
-                1,
-                stride as isize,
+                [stride, 1],
                 xs.as_ptr().add(ky * wp + kx),
-                stride as isize,
-                1,
+                [1, stride],
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     });

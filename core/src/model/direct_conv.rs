@@ -2,8 +2,9 @@
 //!
 //! Why: the shifted-GEMM convolution of [`super::cpu_kernels::same_conv`] calls a GEMM per kernel
 //! tap, each with an inner dimension of only `c` (the input channels), so the `gemm` crate packs
-//! both operands and reloads the output block k*k times per convolution; at the model's sizes that
-//! left the convolutions at about 60 % of the CPU's peak (BENCHMARKS.md). Here one register tile of
+//! both operands and reloads the output block k*k times per convolution; on small planes with few
+//! channels (a training-size model's) that ran at 35-86 GFLOP/s on this 2-core machine, against
+//! 107-159 for large planes (BENCHMARKS.md). Here one register tile of
 //! 6 output channels x 16 positions accumulates over all `c * k * k` products before it is
 //! written once: the inputs are read straight from the zero-padded planes (no packing), the
 //! weights are repacked once per call so that the six of one (channel, tap) are adjacent, and each
@@ -25,14 +26,7 @@ const TILE_POSITIONS: usize = 16;
 
 /// Whether [`same_conv`] can run here (AVX2 and FMA present).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::cpu_kernels::has_avx2()
 }
 
 /// Whether this kernel beats the `gemm`-crate path for a `k x k` kernel over `c` input channels
