@@ -4,6 +4,8 @@ use clap::Parser;
 use sftok_app::cli;
 
 fn main() -> std::process::ExitCode {
+    // Before any model runs: reuse freed layer outputs instead of faulting in fresh pages.
+    sftok_core::device::keep_freed_memory();
     let args = cli::Cli::parse();
     let result = match args.command {
         Some(command) => cli::run(command),

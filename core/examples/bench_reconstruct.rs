@@ -20,6 +20,8 @@ use sftok_core::{DeviceChoice, choose_device};
 use common::{arg, median, peak_rss_mib};
 
 fn main() {
+    // As the `sftok` binary does (why: the doc of `keep_freed_memory`).
+    sftok_core::device::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let preset: String = arg(&args, "--preset", "sftok-b".to_string());
     let batch: usize = arg(&args, "--batch", 1);

@@ -26,6 +26,8 @@ use sftok_core::train::trainer::freeze_for_stage3;
 use common::{arg, median, peak_rss_mib};
 
 fn main() {
+    // As the `sftok` binary does (why: the doc of `keep_freed_memory`).
+    sftok_core::device::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let preset: String = arg(&args, "--preset", "demo".to_string());
     let stage: String = arg(&args, "--stage", "stage1".to_string());
@@ -102,7 +104,10 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": "rust-burn",
-            "device": "cpu (burn flex)",
+            "device": format!(
+                "cpu (burn flex; matrix products: {})",
+                sftok_core::model::blas::backend()
+            ),
             "stage": stage,
             "model": preset,
             "batch": batch,

@@ -21,6 +21,8 @@ fn time(what: &str, flops: f64, f: &dyn Fn() -> usize) {
 }
 
 fn main() {
+    // As the `sftok` binary does (why: the doc of `keep_freed_memory`).
+    sftok_core::device::keep_freed_memory();
     let d = Device::flex();
     if std::env::args().any(|a| a == "--pixel-decoder") {
         let cfg = sftok_core::config::SftokConfig::sftok_b();

@@ -21,6 +21,8 @@ fn time(what: &str, f: &dyn Fn() -> usize) -> f64 {
 }
 
 fn main() {
+    // As the `sftok` binary does (why: the doc of `keep_freed_memory`).
+    sftok_core::device::keep_freed_memory();
     // The batch size, first argument (default 1): at batch 8 the products are 8x taller.
     let batch: usize = std::env::args()
         .nth(1)

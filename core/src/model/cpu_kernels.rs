@@ -197,6 +197,13 @@ pub(crate) fn same_conv_gemm(conv: SameConv<'_>) -> Vec<f32> {
     let plane = hp * wp;
     let taps = k * k;
     let mut out = vec![0.0f32; batch * o * h * w];
+    // The weights regrouped per tap, [tap][o][c], so that each tap's matrix is row-major: what a
+    // BLAS takes (and the `gemm` crate reads faster).
+    let mut by_tap = vec![0.0f32; taps * o * c];
+    for (i, v) in weight.iter().enumerate() {
+        let (oc_ci, tap) = (i / taps, i % taps);
+        by_tap[tap * o * c + oc_ci] = *v;
+    }
     // Reads for the junk columns of the last rows run up to k-1 values past the last plane.
     let mut padded = if pad == 0 {
         Vec::new()
@@ -227,32 +234,22 @@ pub(crate) fn same_conv_gemm(conv: SameConv<'_>) -> Vec<f32> {
             for ky in 0..k {
                 for kx in 0..k {
                     let tap = ky * k + kx;
-                    // SAFETY: grid is o x n (row stride n); lhs is weight[o][c][tap] with row
-                    // stride c*taps and column stride taps; rhs reads, in each of the c planes
+                    // SAFETY: grid is o x n (row stride n); lhs is by_tap[tap], o x c row-major;
+                    // rhs reads, in each of the c planes
                     // (stride `plane`), n values from (y0 + ky) * wp + kx, which stay inside `src`
                     // as argued above (the padded buffer has k values of slack; with pad 0 there
                     // is one tap, wp = w and rhs is rows y0.. of the image).
                     unsafe {
-                        gemm::gemm(
-                            o,
-                            n,
-                            c,
+                        gemm_strided(
+                            [o, n, c],
                             grid.as_mut_ptr(),
-                            1,
-                            n as isize,
+                            [n, 1],
                             tap > 0,
-                            weight.as_ptr().add(tap),
-                            taps as isize,
-                            (c * taps) as isize,
+                            by_tap[tap * o * c..].as_ptr(),
+                            [c, 1],
                             src.as_ptr().add((y0 + ky) * wp + kx),
-                            1,
-                            plane as isize,
+                            [plane, 1],
                             1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                     }
                 }
@@ -543,16 +540,105 @@ pub(crate) unsafe fn gemm_threaded(
     unsafe { gemm_with(dims, dst, accumulate, lhs, rhs, 1.0, true) }
 }
 
+/// Every product of this module and of [`super::cpu_autodiff`] ends here: the system BLAS when
+/// one is loaded ([`super::blas`]), else the `gemm` crate. A threaded product is cut into one
+/// block of rows (or of columns, when there are more columns) per rayon thread, each block a
+/// single-threaded call, so that rayon stays the only thread pool.
 unsafe fn gemm_with(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, [usize; 2]),
+    accumulate: bool,
+    lhs: (*const f32, [usize; 2]),
+    rhs: (*const f32, [usize; 2]),
+    scale: f32,
+    threaded: bool,
+) {
+    let large = m * n * k >= 128 * 128 * 128;
+    let threads = rayon::current_num_threads();
+    if !(threaded && large && threads > 1 && super::blas::available()) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            gemm_block(
+                [m, n, k],
+                dst,
+                accumulate,
+                lhs,
+                rhs,
+                scale,
+                threaded && large,
+            )
+        };
+        return;
+    }
+    let by_rows = m >= n;
+    let len = if by_rows { m } else { n };
+    // Blocks of a multiple of 16 rows (or columns), the BLAS kernels' register tiles.
+    let chunk = len.div_ceil(threads).next_multiple_of(16);
+    // Raw pointers are not Send: the blocks get the addresses and the strides.
+    let (dst_addr, lhs_addr, rhs_addr) = (dst.0 as usize, lhs.0 as usize, rhs.0 as usize);
+    let (ds, ls, rs) = (dst.1, lhs.1, rhs.1);
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|block| {
+        let start = block * chunk;
+        let size = chunk.min(len - start);
+        let (dst_ptr, lhs_ptr, rhs_ptr) = (
+            dst_addr as *mut f32,
+            lhs_addr as *const f32,
+            rhs_addr as *const f32,
+        );
+        // SAFETY: a block of rows of dst and lhs (or of columns of dst and rhs) of the product the
+        // caller vouches for; the blocks of dst are disjoint.
+        unsafe {
+            if by_rows {
+                gemm_block(
+                    [size, n, k],
+                    (dst_ptr.add(start * ds[0]), ds),
+                    accumulate,
+                    (lhs_ptr.add(start * ls[0]), ls),
+                    (rhs_ptr, rs),
+                    scale,
+                    false,
+                )
+            } else {
+                gemm_block(
+                    [m, size, k],
+                    (dst_ptr.add(start * ds[1]), ds),
+                    accumulate,
+                    (lhs_ptr, ls),
+                    (rhs_ptr.add(start * rs[1]), rs),
+                    scale,
+                    false,
+                )
+            }
+        }
+    });
+}
+
+/// One product on the system BLAS when it takes it, else on the `gemm` crate (threaded over
+/// rayon when `parallel`).
+unsafe fn gemm_block(
     [m, n, k]: [usize; 3],
     (dst, [dst_rs, dst_cs]): (*mut f32, [usize; 2]),
     accumulate: bool,
     (lhs, [lhs_rs, lhs_cs]): (*const f32, [usize; 2]),
     (rhs, [rhs_rs, rhs_cs]): (*const f32, [usize; 2]),
     scale: f32,
-    threaded: bool,
+    parallel: bool,
 ) {
-    let parallelism = if threaded && m * n * k >= 128 * 128 * 128 {
+    // SAFETY: forwarded from the caller.
+    let done = unsafe {
+        super::blas::sgemm(
+            [m, n, k],
+            (dst, [dst_rs, dst_cs]),
+            accumulate,
+            (lhs, [lhs_rs, lhs_cs]),
+            (rhs, [rhs_rs, rhs_cs]),
+            scale,
+        )
+    };
+    if done {
+        return;
+    }
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

@@ -1,6 +1,7 @@
 //! The SFTok model, one block per file, read leaf to root: `vit` (the transformer block),
 //! `encoder`, `quantizer`, `decoder`, `vqgan` (teacher and pixel decoder), `sftok` (the whole).
 
+pub mod blas;
 pub mod cpu_autodiff;
 pub mod cpu_kernels;
 pub mod decoder;

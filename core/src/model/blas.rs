@@ -1,0 +1,339 @@
+//! An optional system BLAS for the CPU matrix products, loaded at run time.
+//!
+//! Why: the `gemm` crate (pure Rust, the one burn's flex backend uses) reaches 90-150 GFLOP/s on
+//! this project's linear-layer shapes on two AVX2 cores, while OpenBLAS reaches 135-165 on the
+//! same shapes, and at batch 1 (321 tokens) 150 against 90 (BENCHMARKS.md). PyTorch, the
+//! reference the speed goals are set against, calls MKL. So when a CBLAS library is installed,
+//! the products go through its `cblas_sgemm`; when none is, everything runs as before on the
+//! `gemm` crate. Nothing is linked at build time: the library is opened with `dlopen` on first
+//! use, so the build and the binaries stay free of system dependencies.
+//!
+//! Which library: `SFTOK_BLAS=/path/to/lib.so` names one; `SFTOK_BLAS=off` disables the search;
+//! otherwise a threaded OpenBLAS build is looked for under its usual names (Debian:
+//! `libopenblas0-pthread`). Plain `libblas.so.3` is not tried: it may be the reference BLAS, which
+//! is slower than `gemm`.
+//!
+//! Threads: rayon stays the only thread pool. The library is asked to use one thread
+//! (`openblas_set_num_threads(1)` and the MKL and BLIS equivalents, when exported), and large
+//! products are split across rayon's threads by the caller ([`super::cpu_kernels`]). A product
+//! that cannot be expressed in CBLAS's terms (no unit stride in either dimension, or a dimension
+//! past `i32`) returns `false` and the caller uses the `gemm` crate.
+
+use std::ffi::{c_float, c_int};
+use std::sync::OnceLock;
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+type Sgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_float,
+    *const c_float,
+    c_int,
+    *const c_float,
+    c_int,
+    c_float,
+    *mut c_float,
+    c_int,
+);
+type SetThreads = unsafe extern "C" fn(c_int);
+type GetParallel = unsafe extern "C" fn() -> c_int;
+
+struct Blas {
+    sgemm: Sgemm,
+    description: String,
+    // Keeps the library mapped for as long as `sgemm` may be called (the whole process).
+    _library: libloading::Library,
+}
+
+static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+
+/// The names tried when `SFTOK_BLAS` is unset: OpenBLAS as distributions install it (Debian's
+/// threaded builds by their own paths too, in case the default is the sequential build).
+const SEARCHED: &[&str] = &[
+    "libopenblas.so.0",
+    "libopenblas.so",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "libopenblas.dylib",
+    "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
+    "/usr/local/opt/openblas/lib/libopenblas.dylib",
+    "libopenblas.dll",
+    "openblas.dll",
+];
+
+fn blas() -> Option<&'static Blas> {
+    BLAS.get_or_init(|| match std::env::var("SFTOK_BLAS") {
+        Ok(v) if matches!(v.trim(), "off" | "none" | "0" | "") => None,
+        Ok(path) => {
+            let loaded = open(path.trim(), true);
+            if loaded.is_none() {
+                eprintln!(
+                    "warning: SFTOK_BLAS={path} is not a loadable library exporting cblas_sgemm; \
+                     using the built-in matrix products (unset SFTOK_BLAS or fix the path)"
+                );
+            }
+            loaded
+        }
+        Err(_) => SEARCHED.iter().find_map(|name| open(name, false)),
+    })
+    .as_ref()
+}
+
+/// Opens one library. Unless `named` (the user's own choice through `SFTOK_BLAS`), a sequential
+/// OpenBLAS build is passed over: it is only safe to call from several threads at once when built
+/// with `USE_LOCKING`, which it does not report, and rayon calls it from several threads. The
+/// threaded builds lock their buffers and, set to one thread, run each call on its caller.
+fn open(name: &str, named: bool) -> Option<Blas> {
+    // SAFETY: loading a shared library runs its initialisers; the names are BLAS libraries
+    // (OpenBLAS's initialiser only sizes its buffers and thread pool).
+    let library = unsafe { libloading::Library::new(name) }.ok()?;
+    if !named {
+        // SAFETY: `openblas_get_parallel` takes nothing and returns 0 for a sequential build.
+        if let Ok(parallel) = unsafe { library.get::<GetParallel>(b"openblas_get_parallel\0") }
+            && unsafe { parallel() } == 0
+        {
+            return None;
+        }
+    }
+    // SAFETY: `cblas_sgemm` has this signature in every CBLAS (LP64; an ILP64 build exports the
+    // symbol with a suffix, so it is not picked up here).
+    let sgemm: Sgemm = unsafe { *library.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
+    for setter in [
+        &b"openblas_set_num_threads\0"[..],
+        b"MKL_Set_Num_Threads\0",
+        b"bli_thread_set_num_threads\0",
+    ] {
+        // SAFETY: each of these takes one int, the thread count.
+        if let Ok(set) = unsafe { library.get::<SetThreads>(setter) } {
+            unsafe { set(1) };
+        }
+    }
+    Some(Blas {
+        sgemm,
+        description: format!("BLAS {name}"),
+        _library: library,
+    })
+}
+
+/// What does the CPU matrix products: the BLAS library found, or the `gemm` crate.
+pub fn backend() -> String {
+    blas().map_or_else(
+        || "gemm crate (no system BLAS; install OpenBLAS for faster products)".to_string(),
+        |b| b.description.clone(),
+    )
+}
+
+/// Whether a BLAS library was found (and not disabled).
+pub fn available() -> bool {
+    blas().is_some()
+}
+
+/// A matrix with its (row, column) strides as one CBLAS row-major operand: the transpose flag and
+/// the leading dimension, or `None` when neither stride is 1, or rows would overlap (a stride of 0
+/// broadcasts, which CBLAS cannot express). A dimension of 1 makes its stride irrelevant.
+fn operand(rows: usize, cols: usize, [rs, cs]: [usize; 2]) -> Option<(c_int, c_int)> {
+    let (trans, ld) = if cs == 1 || cols == 1 {
+        // Stored as it is: row i starts at i * rs.
+        if rows > 1 && rs < cols {
+            return None;
+        }
+        (NO_TRANS, if rows == 1 { cols } else { rs })
+    } else if rs == 1 || rows == 1 {
+        // Stored as its transpose (cols x rows, row-major): column j starts at j * cs.
+        if cs < rows {
+            return None;
+        }
+        (TRANS, cs)
+    } else {
+        return None;
+    };
+    Some((trans, c_int::try_from(ld.max(1)).ok()?))
+}
+
+/// `dst (m x n) = [dst +] scale * lhs (m x k) * rhs (k x n)` through the system BLAS, on the
+/// calling thread. Returns `false`, having done nothing, when there is no BLAS or the strides do
+/// not fit CBLAS (the caller then uses the `gemm` crate).
+///
+/// # Safety
+/// Every element the strides reach must be inside its allocation, and `dst` must not overlap the
+/// inputs or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    [m, n, k]: [usize; 3],
+    (dst, dst_strides): (*mut f32, [usize; 2]),
+    accumulate: bool,
+    (lhs, lhs_strides): (*const f32, [usize; 2]),
+    (rhs, rhs_strides): (*const f32, [usize; 2]),
+    scale: f32,
+) -> bool {
+    let Some(blas) = blas() else { return false };
+    if m == 0 || n == 0 || k == 0 {
+        return false;
+    }
+    // A column-major destination is computed as its transpose, dst^T = rhs^T lhs^T, which is
+    // row-major.
+    let (m, n, lhs, lhs_strides, rhs, rhs_strides, dst_strides) = if dst_strides[1] == 1 || n == 1 {
+        (m, n, lhs, lhs_strides, rhs, rhs_strides, dst_strides)
+    } else if dst_strides[0] == 1 || m == 1 {
+        let swap = |[a, b]: [usize; 2]| [b, a];
+        (
+            n,
+            m,
+            rhs,
+            swap(rhs_strides),
+            lhs,
+            swap(lhs_strides),
+            swap(dst_strides),
+        )
+    } else {
+        return false;
+    };
+    let (Some((ta, lda)), Some((tb, ldb)), Some((NO_TRANS, ldc))) = (
+        operand(m, k, lhs_strides),
+        operand(k, n, rhs_strides),
+        operand(m, n, dst_strides),
+    ) else {
+        return false;
+    };
+    let (Ok(mi), Ok(ni), Ok(ki)) = (c_int::try_from(m), c_int::try_from(n), c_int::try_from(k))
+    else {
+        return false;
+    };
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: the caller vouches for the memory; the operands were checked to be CBLAS matrices
+    // with those leading dimensions. With beta 0 the BLAS does not read dst.
+    unsafe {
+        (blas.sgemm)(
+            ROW_MAJOR, ta, tb, mi, ni, ki, scale, lhs, lda, rhs, ldb, beta, dst, ldc,
+        )
+    };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product by definition, in f64, reading every operand through its strides.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        [m, n, k]: [usize; 3],
+        dst: &mut [f32],
+        ds: [usize; 2],
+        accumulate: bool,
+        lhs: &[f32],
+        ls: [usize; 2],
+        rhs: &[f32],
+        rs: [usize; 2],
+        scale: f32,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += lhs[i * ls[0] + p * ls[1]] as f64 * rhs[p * rs[0] + j * rs[1]] as f64;
+                }
+                let d = &mut dst[i * ds[0] + j * ds[1]];
+                *d = (if accumulate { *d as f64 } else { 0.0 } + scale as f64 * s) as f32;
+            }
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every layout the callers use (row- and column-major operands and destination, padded
+    /// leading dimensions, vectors), against the definition. Skips without a BLAS unless
+    /// `SFTOK_REQUIRE_BLAS` is set (CI installs OpenBLAS and sets it).
+    #[test]
+    fn matches_the_definition_in_every_layout() {
+        if !available() {
+            assert!(
+                std::env::var_os("SFTOK_REQUIRE_BLAS").is_none(),
+                "SFTOK_REQUIRE_BLAS is set but no BLAS was found: {}",
+                backend()
+            );
+            eprintln!("skipped: {}", backend());
+            return;
+        }
+        let mut checked = 0;
+        for [m, n, k] in [[7, 5, 3], [1, 9, 4], [6, 1, 8], [33, 17, 65], [4, 4, 1]] {
+            // (row stride, column stride) for a rows x cols matrix: row-major with 2 padding
+            // columns, or column-major with 3 padding rows.
+            let layouts = |rows: usize, cols: usize| [[cols + 2, 1], [1, rows + 3]];
+            for ds in layouts(m, n) {
+                for ls in layouts(m, k) {
+                    for rs in layouts(k, n) {
+                        for (accumulate, scale) in [(false, 1.0), (true, 0.5)] {
+                            let size = |r: usize, c: usize, s: [usize; 2]| {
+                                (r - 1) * s[0] + (c - 1) * s[1] + 1
+                            };
+                            let lhs = values(size(m, k, ls), 1);
+                            let rhs = values(size(k, n, rs), 2);
+                            let start = values(size(m, n, ds), 3);
+                            let mut want = start.clone();
+                            reference(
+                                [m, n, k],
+                                &mut want,
+                                ds,
+                                accumulate,
+                                &lhs,
+                                ls,
+                                &rhs,
+                                rs,
+                                scale,
+                            );
+                            let mut got = start.clone();
+                            // SAFETY: each buffer holds exactly what its strides reach.
+                            let done = unsafe {
+                                sgemm(
+                                    [m, n, k],
+                                    (got.as_mut_ptr(), ds),
+                                    accumulate,
+                                    (lhs.as_ptr(), ls),
+                                    (rhs.as_ptr(), rs),
+                                    scale,
+                                )
+                            };
+                            assert!(done, "layout {ds:?} {ls:?} {rs:?} of {m}x{n}x{k} refused");
+                            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                    "{m}x{n}x{k} dst {ds:?} lhs {ls:?} rhs {rs:?} acc {accumulate}: \
+                                     element {i} is {g}, want {w}"
+                                );
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 5 * 8 * 2);
+    }
+
+    #[test]
+    fn operands_without_a_unit_stride_are_refused() {
+        assert_eq!(operand(4, 5, [10, 2]), None);
+        assert_eq!(operand(4, 5, [3, 1]), None, "rows would overlap");
+        assert_eq!(operand(4, 5, [7, 1]), Some((NO_TRANS, 7)));
+        assert_eq!(operand(4, 5, [1, 6]), Some((TRANS, 6)));
+        assert_eq!(operand(1, 5, [0, 1]), Some((NO_TRANS, 5)));
+        assert_eq!(operand(4, 1, [1, 0]), Some((NO_TRANS, 1)));
+        assert_eq!(operand(4, 1, [0, 1]), None, "a broadcast column");
+    }
+}
