@@ -35,7 +35,8 @@ impl std::str::FromStr for DeviceChoice {
 /// glibc's malloc serves buffers that large with `mmap` and trims freed memory at the top of the
 /// heap, so the next layer's output is faulted in and zeroed by the kernel page by page again.
 /// `perf stat` on one SFTok-B transformer block at batch 8 (`probe_vit 8`): 389 000 page faults
-/// and 1.3 s of system time in 14.4 s of CPU time; with the thresholds below, 41 000 and 0.2 s.
+/// and 1.2-1.3 s of system time in 14.0-14.4 s of CPU time; with the thresholds below, 99 000 and
+/// 0.3-0.4 s.
 /// The price is that the process keeps its peak memory until it exits, which a long inference or
 /// training run reaches anyway. Other allocators and platforms: nothing to do.
 pub fn keep_freed_memory() {

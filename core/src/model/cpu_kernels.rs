@@ -198,7 +198,7 @@ pub(crate) fn same_conv_gemm(conv: SameConv<'_>) -> Vec<f32> {
     let taps = k * k;
     let mut out = vec![0.0f32; batch * o * h * w];
     // The weights regrouped per tap, [tap][o][c], so that each tap's matrix is row-major: what a
-    // BLAS takes (and the `gemm` crate reads faster).
+    // BLAS takes.
     let mut by_tap = vec![0.0f32; taps * o * c];
     for (i, v) in weight.iter().enumerate() {
         let (oc_ci, tap) = (i / taps, i % taps);
@@ -235,10 +235,10 @@ pub(crate) fn same_conv_gemm(conv: SameConv<'_>) -> Vec<f32> {
                 for kx in 0..k {
                     let tap = ky * k + kx;
                     // SAFETY: grid is o x n (row stride n); lhs is by_tap[tap], o x c row-major;
-                    // rhs reads, in each of the c planes
-                    // (stride `plane`), n values from (y0 + ky) * wp + kx, which stay inside `src`
-                    // as argued above (the padded buffer has k values of slack; with pad 0 there
-                    // is one tap, wp = w and rhs is rows y0.. of the image).
+                    // rhs reads, in each of the c planes (stride `plane`), n values from
+                    // (y0 + ky) * wp + kx, which stay inside `src` as argued above (the padded
+                    // buffer has k values of slack; with pad 0 there is one tap, wp = w and rhs is
+                    // rows y0.. of the image).
                     unsafe {
                         gemm_strided(
                             [o, n, c],
