@@ -221,6 +221,7 @@ pub(crate) unsafe fn sgemm(
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct_conv::tests::values;
     use super::*;
 
     /// The product by definition, in f64, reading every operand through its strides.
@@ -246,14 +247,6 @@ mod tests {
                 *d = (if accumulate { *d as f64 } else { 0.0 } + scale as f64 * s) as f32;
             }
         }
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
     }
 
     /// Every layout the callers use (row- and column-major operands and destination, padded

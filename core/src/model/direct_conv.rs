@@ -299,7 +299,7 @@ pub(crate) fn same_conv(_: SameConv<'_>) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The convolution by its definition, in f64.
@@ -337,7 +337,9 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic pseudo-random values in [-1, 1] (xorshift), one sequence per seed; also
+    /// used by the BLAS tests.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
             .map(|_| {
