@@ -31,7 +31,7 @@ One timed step = everything the official `train_one_epoch` does for one batch th
            MSE(rec, x) + codebook loss + 0.25 * commitment loss, straight-through estimator
 
 then loss.backward(); clip_grad_norm_(params, 1.0); AdamW(lr 1e-4, betas (0.9, 0.99), wd 1e-4).step();
-zero_grad(set_to_none=True). float32, CPU. Not included: EMA update, lr scheduler, logging (unique-ratio,
+zero_grad(set_to_none=True). float32, on the CPU (or the first GPU with --device cuda). Not included: EMA update, lr scheduler, logging (unique-ratio,
 gather), data loading (one fixed batch of random images in [0, 1], seed 1, is reused every step).
 
     python bench/pytorch_train.py --official /path/to/SFTok --stage stage1 --batch 16 --steps 10 \
@@ -57,8 +57,13 @@ import types
 from contextlib import redirect_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# `--device cuda` must be known before the import below, which hides the GPUs from a CPU run.
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--device", default="cpu")
+if _pre.parse_known_args()[0].device == "cuda":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 # Stubs, bare packages and the textual-patch helpers are shared with the reconstruction benchmark
-# (importing it also sets CUDA_VISIBLE_DEVICES="" and imports torch).
+# (importing it also sets CUDA_VISIBLE_DEVICES="" unless already set, and imports torch).
 from pytorch_reconstruct import (  # noqa: E402
     _SIZE_TABLE, _VQGAN_CONF, _load_patched, install_bare_packages, install_stubs, log,
     rss_now_mib)
@@ -227,14 +232,14 @@ class VQGAN(nn.Module):
         return rec, codebook, commitment
 
 
-def make_step(args, official):
+def make_step(args, official, dev):
     """Returns (module whose parameters are trained, step(x) -> (loss tensor, extra dict), description)."""
     with redirect_stdout(sys.stderr):  # the official modules print their attention mode at import
         sftok = load_demo_patched(official)
 
     torch.manual_seed(0)
     if args.stage == "teacher":
-        model = VQGAN(sftok).float().train()
+        model = VQGAN(sftok).float().train().to(dev)
 
         def step(x):
             rec, codebook, commitment = model(x)
@@ -244,14 +249,14 @@ def make_step(args, official):
         return model, step, "VQGAN teacher: MSE + codebook + 0.25 commitment (straight-through)"
 
     cfg = stage_config(official, args.stage)
-    model = sftok.SFTok(cfg).float()
+    model = sftok.SFTok(cfg).float().to(dev)
     model.train()
     if args.stage == "stage2":
         model.decoder.replace_prob = 1.0
     B = args.batch
 
     if args.stage in ("stage1", "stage2"):
-        teacher = build_teacher(sftok).float()  # frozen: eval(), requires_grad False
+        teacher = build_teacher(sftok).float().to(dev)  # frozen: eval(), requires_grad False
         loss_module = load_official_mlm_loss(official)(config=cfg)
         guided = args.stage == "stage2"
 
@@ -282,7 +287,7 @@ def make_step(args, official):
 
     def step(x):
         model.train()
-        proxy_codes = torch.randint(0, DEMO_VQGAN["num_embeddings"], (B, NUM_PROXY), generator=gen)
+        proxy_codes = torch.randint(0, DEMO_VQGAN["num_embeddings"], (B, NUM_PROXY), generator=gen).to(dev)
         with torch.no_grad():
             guided_mask = model.generate_guided_mask(x=x, proxy_codes=proxy_codes, use_semantic=False,
                                                      mask_all=True)
@@ -307,6 +312,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed optimiser steps (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed optimiser steps first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the first GPU, each step ended by torch.cuda.synchronize()")
     args = ap.parse_args()
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--batch, --steps and --threads must be >= 1, --warmup >= 0")
@@ -327,7 +334,8 @@ def main():
     install_bare_packages(official)
 
     t0 = time.perf_counter()
-    model, step, what = make_step(args, official)
+    dev = torch.device(args.device)
+    model, step, what = make_step(args, official, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in model.parameters())
@@ -336,7 +344,8 @@ def main():
     build_s = time.perf_counter() - t0
 
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(args.batch, 3, IMAGE, IMAGE, generator=gen, dtype=torch.float32)
+    x = torch.rand(args.batch, 3, IMAGE, IMAGE, generator=gen, dtype=torch.float32).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     log(f"stage {args.stage}: {what}")
     log(f"demo sizes; {n_train:,} trainable of {n_all:,} parameters (random init, seed 0), built in "
@@ -352,6 +361,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
         t_b = time.perf_counter()
         return (t_b - t_a) * 1e3, loss.detach(), extra
 
@@ -382,6 +392,7 @@ def main():
         "stage": args.stage,
         "batch": args.batch,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "ms_per_step_median": round(med, 3),
         "images_per_sec": round(ips, 3),
         "peak_rss_mib": round(peak_rss_mib, 1),

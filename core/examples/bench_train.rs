@@ -5,15 +5,18 @@
 //! ```sh
 //! cargo run --release --example bench_train -- --preset demo --batch 16 --steps 10 --stage stage1
 //! ```
+//!
+//! `--device cpu|wgpu|auto` picks the backend (default cpu); each step ends with a device sync.
 
 mod common;
 
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use rand::SeedableRng;
 use sftok_core::config::SftokConfig;
+use sftok_core::device::{DeviceChoice, choose_device};
 use sftok_core::model::{Sftok, Vqgan};
 use sftok_core::reconstruct::rows_i64;
 use sftok_core::train::masking::{MaskDraw, Stage2Inputs};
@@ -34,8 +37,14 @@ fn main() {
     let batch: usize = arg(&args, "--batch", 16);
     let steps: usize = arg(&args, "--steps", 10);
     let warmup: usize = arg(&args, "--warmup", 2);
+    let device_choice: DeviceChoice = arg(&args, "--device", DeviceChoice::Cpu);
     let config = SftokConfig::preset(&preset).expect("known preset");
-    let plain = Device::flex();
+    let chosen = choose_device(device_choice).expect("device");
+    eprintln!(
+        "{preset}, {stage}, batch {batch}, on {}",
+        chosen.description
+    );
+    let plain = chosen.device.clone();
     let ad = plain.clone().autodiff();
     let s = config.image_size;
     let x = Tensor::<4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &ad);
@@ -104,10 +113,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": "rust-burn",
-            "device": format!(
-                "cpu (burn flex; matrix products: {})",
-                sftok_core::model::blas::backend()
-            ),
+            "device": chosen.description,
             "stage": stage,
             "model": preset,
             "batch": batch,
