@@ -46,16 +46,19 @@ fn main() {
     };
     let run = || {
         let t = Instant::now();
-        let q = model.encode(x.clone(), AssignmentMode::SinkhornBatch);
-        let zq = model.quantize.codebook_entries(q.indices);
-        let trace = generate(&model, zq, &opts);
-        // Reading the pixels back waits for every queued kernel.
-        let pixels = trace.pixels.into_data();
+        // On rayon's pool, as `reconstruct` runs (why: the doc of `on_compute_pool`).
+        let pixels = sftok_core::device::on_compute_pool(&device, || {
+            let q = model.encode(x.clone(), AssignmentMode::SinkhornBatch);
+            let zq = model.quantize.codebook_entries(q.indices);
+            let trace = generate(&model, zq, &opts);
+            // Reading the pixels back waits for every queued kernel.
+            trace.pixels.into_data()
+        });
         assert_eq!(pixels.num_elements(), batch * 3 * s * s);
         t.elapsed().as_secs_f64() * 1000.0
     };
     if args.iter().any(|a| a == "--breakdown") {
-        breakdown(&model, &x, &config);
+        sftok_core::device::on_compute_pool(&device, || breakdown(&model, &x, &config));
     }
     let warm = run();
     eprintln!("warm-up: {warm:.0} ms");

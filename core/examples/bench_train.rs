@@ -7,6 +7,8 @@
 //! ```
 //!
 //! `--device cpu|wgpu|auto` picks the backend (default cpu); each step ends with a device sync.
+//! The steps run on a thread of rayon's pool as the trainer's do; `--caller-thread` runs them on
+//! the main thread instead, to measure what that costs.
 
 mod common;
 
@@ -66,47 +68,85 @@ fn main() {
         "stage3" => M::Tok(freeze_for_stage3(Sftok::new(&config, &ad))),
         _ => M::Tok(Sftok::new(&config, &ad)),
     };
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        let draw = MaskDraw::sample(&mut rng, batch, config.num_proxy_codes());
-        model = match model {
-            M::Teach(m) => {
-                let out = teacher_forward(&m, x.clone(), 0.25);
-                let loss = (out.reconstruction - x.clone()).powi_scalar(2).mean()
-                    + out.codebook_loss
-                    + out.commitment_loss;
-                last_loss = scalar(&loss);
-                let mut g = GradientsParams::from_grads(loss.backward(), &m);
-                let c = clip_coefficient(grad_norm(&m, &g), 1.0);
-                M::Teach(optim.step(m, &mut g, 1e-4, c))
+    // Where the time of a stage-1/2/3 step goes (sums over the timed steps); the forward pass is
+    // the rest of the step.
+    #[derive(Default)]
+    struct Parts {
+        teacher: f64,
+        backward: f64,
+        update: f64,
+    }
+    let mut parts = Parts::default();
+    let body = || {
+        for i in 0..warmup + steps {
+            let t = Instant::now();
+            if i == warmup {
+                parts = Parts::default(); // only the timed steps
             }
-            M::Tok(m) => {
-                let loss = match stage.as_str() {
-                    "stage3" => (stage3_forward(&m, x.clone(), &draw) - x.clone())
-                        .powi_scalar(2)
-                        .mean(),
-                    _ => {
-                        let proxy = rows_i64(teacher.encode(x.clone().inner()));
-                        let st = if stage == "stage1" {
-                            TokenStage::WarmUp
-                        } else {
-                            TokenStage::Stage2(Stage2Inputs::SelfForcing { replace_prob: 1.0 })
-                        };
-                        token_step(&m, x.clone(), &proxy, st, &draw).total_loss
-                    }
-                };
-                last_loss = scalar(&loss);
-                let mut g = GradientsParams::from_grads(loss.backward(), &m);
-                let c = clip_coefficient(grad_norm(&m, &g), 1.0);
-                M::Tok(optim.step(m, &mut g, 1e-4, c))
+            let draw = MaskDraw::sample(&mut rng, batch, config.num_proxy_codes());
+            model = match model {
+                M::Teach(m) => {
+                    let out = teacher_forward(&m, x.clone(), 0.25);
+                    let loss = (out.reconstruction - x.clone()).powi_scalar(2).mean()
+                        + out.codebook_loss
+                        + out.commitment_loss;
+                    last_loss = scalar(&loss);
+                    let mut g = GradientsParams::from_grads(loss.backward(), &m);
+                    let c = clip_coefficient(grad_norm(&m, &g), 1.0);
+                    M::Teach(optim.step(m, &mut g, 1e-4, c))
+                }
+                M::Tok(m) => {
+                    let loss = match stage.as_str() {
+                        "stage3" => (stage3_forward(&m, x.clone(), &draw) - x.clone())
+                            .powi_scalar(2)
+                            .mean(),
+                        _ => {
+                            let t_teacher = Instant::now();
+                            let proxy = rows_i64(teacher.encode(x.clone().inner()));
+                            parts.teacher += t_teacher.elapsed().as_secs_f64() * 1000.0;
+                            let st = if stage == "stage1" {
+                                TokenStage::WarmUp
+                            } else {
+                                TokenStage::Stage2(Stage2Inputs::SelfForcing { replace_prob: 1.0 })
+                            };
+                            token_step(&m, x.clone(), &proxy, st, &draw).total_loss
+                        }
+                    };
+                    last_loss = scalar(&loss);
+                    let t_backward = Instant::now();
+                    let mut g = GradientsParams::from_grads(loss.backward(), &m);
+                    let t_update = Instant::now();
+                    let c = clip_coefficient(grad_norm(&m, &g), 1.0);
+                    let m = optim.step(m, &mut g, 1e-4, c);
+                    parts.backward += (t_update - t_backward).as_secs_f64() * 1000.0;
+                    parts.update += t_update.elapsed().as_secs_f64() * 1000.0;
+                    M::Tok(m)
+                }
+            };
+            plain.sync().ok();
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("step {i}: {ms:.0} ms, loss {last_loss:.4}");
+            if i >= warmup {
+                times.push(ms);
             }
-        };
-        plain.sync().ok();
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        eprintln!("step {i}: {ms:.0} ms, loss {last_loss:.4}");
-        if i >= warmup {
-            times.push(ms);
         }
+    };
+    // As the trainer runs its steps (why: the doc of `on_compute_pool`); `--caller-thread`
+    // measures the difference.
+    if args.iter().any(|a| a == "--caller-thread") {
+        body();
+    } else {
+        sftok_core::device::on_compute_pool(&plain, body);
+    }
+    if parts.backward > 0.0 {
+        let n = steps as f64;
+        let total: f64 = times.iter().sum::<f64>() / n;
+        let (teacher_ms, backward, update) =
+            (parts.teacher / n, parts.backward / n, parts.update / n);
+        eprintln!(
+            "mean per step: {total:.0} ms = frozen teacher {teacher_ms:.0} + forward and loss {:.0} + backward {backward:.0} + clipping and AdamW {update:.0}",
+            total - teacher_ms - backward - update
+        );
     }
     let median = median(&mut times);
     println!(

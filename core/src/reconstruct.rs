@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::AssignmentMode;
+use crate::device::on_compute_pool;
 use crate::model::{Sftok, Vqgan};
 use crate::schedule::mask_len;
 
@@ -95,11 +96,23 @@ pub fn reconstruct(
     pixels: Tensor<4>,
     opts: &ReconstructOptions,
 ) -> Trace {
+    // On the CPU, on a thread of rayon's pool (why: the doc of `on_compute_pool`).
+    on_compute_pool(&pixels.device(), || {
+        reconstruct_here(model, teacher, pixels, opts)
+    })
+}
+
+fn reconstruct_here(
+    model: &Sftok,
+    teacher: Option<&Vqgan>,
+    pixels: Tensor<4>,
+    opts: &ReconstructOptions,
+) -> Trace {
     let quantized = model.encode(pixels.clone(), opts.assignment);
     let latent_ids = rows_i64(quantized.indices.clone());
     // Decode from the exact codebook vectors, as the official `decode_tokens` does.
     let zq = model.quantize.codebook_entries(quantized.indices);
-    let mut trace = generate(model, zq, opts);
+    let mut trace = generate_here(model, zq, opts);
     trace.latent_ids = latent_ids;
     if let Some(teacher) = teacher {
         let device = pixels.device();
@@ -113,6 +126,10 @@ pub fn reconstruct(
 
 /// The decoding loop from quantized latents `[B, D, 1, L]`.
 pub fn generate(model: &Sftok, zq: Tensor<4>, opts: &ReconstructOptions) -> Trace {
+    on_compute_pool(&zq.device(), || generate_here(model, zq, opts))
+}
+
+fn generate_here(model: &Sftok, zq: Tensor<4>, opts: &ReconstructOptions) -> Trace {
     let device = zq.device();
     let steps = opts.steps.max(1);
     let b = zq.dims()[0];

@@ -30,6 +30,7 @@ use crate::checkpoint::state::{StateDict, state_dict};
 use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE, build_sftok, build_teacher};
 use crate::config::SftokConfig;
 use crate::data::{Batch, DataLoader, DataPosition, ImageFolder, LoaderConfig, Mode};
+use crate::device::on_compute_pool;
 use crate::error::{Result, SftokError};
 use crate::image_io::{hstack, save_png, tensor_to_images};
 use crate::model::discriminator::{LeCam, PatchDiscriminator, generator_loss, hinge_d_loss};
@@ -375,31 +376,35 @@ fn train_inner(
                         let draw = draw.as_ref().map(|d| d.slice(start, len));
                         let context = &context;
                         scope.spawn(move || {
-                            let x = shard_tensor(pixels, start, len, &device.autodiff());
-                            run_shard(
-                                context,
-                                model,
-                                teacher.as_ref(),
-                                lpips.as_ref(),
-                                disc.as_ref(),
-                                x,
-                                draw.as_ref(),
-                                len as f64 / total,
-                            )
+                            let x = shard_tensor(pixels, start, len, &device.clone().autodiff());
+                            on_compute_pool(&device, || {
+                                run_shard(
+                                    context,
+                                    model,
+                                    teacher.as_ref(),
+                                    lpips.as_ref(),
+                                    disc.as_ref(),
+                                    x,
+                                    draw.as_ref(),
+                                    len as f64 / total,
+                                )
+                            })
                         })
                     })
                     .collect();
                 let (start, len) = shards[0];
-                let first = run_shard(
-                    &context,
-                    &trainee,
-                    teacher.as_ref(),
-                    lpips.as_ref(),
-                    main_disc,
-                    shard_tensor(&batch, start, len, &ad),
-                    draw.as_ref().map(|d| d.slice(start, len)).as_ref(),
-                    len as f64 / total,
-                );
+                let first = on_compute_pool(&ad, || {
+                    run_shard(
+                        &context,
+                        &trainee,
+                        teacher.as_ref(),
+                        lpips.as_ref(),
+                        main_disc,
+                        shard_tensor(&batch, start, len, &ad),
+                        draw.as_ref().map(|d| d.slice(start, len)).as_ref(),
+                        len as f64 / total,
+                    )
+                });
                 std::iter::once(first)
                     .chain(handles.into_iter().map(|h| {
                         h.join().unwrap_or_else(|_| {
@@ -489,16 +494,21 @@ fn train_inner(
         } / micro;
         let scale = clip_coefficient(norm, config.grad_clip) / micro;
         let lr = schedule.lr(step);
-        trainee = match trainee {
-            Trainee::Teacher(m) => Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale)),
-            Trainee::Tokenizer(m) => {
-                Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
+        trainee = on_compute_pool(&ad, || {
+            let trainee = match trainee {
+                Trainee::Teacher(m) => {
+                    Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale))
+                }
+                Trainee::Tokenizer(m) => {
+                    Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
+                }
+            };
+            match &trainee {
+                Trainee::Teacher(m) => progress.ema.update(m),
+                Trainee::Tokenizer(m) => progress.ema.update(m),
             }
-        };
-        match &trainee {
-            Trainee::Teacher(m) => progress.ema.update(m),
-            Trainee::Tokenizer(m) => progress.ema.update(m),
-        }
+            trainee
+        });
         progress.state.ema_updates = progress.ema.updates;
 
         // The discriminator's own update.
