@@ -245,3 +245,27 @@ mod device_list_tests {
         assert!(err.contains("discrete GPU"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod compute_pool_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_work_moves_onto_the_pool_and_gpu_work_stays_put() {
+        // This test's own thread is not one of rayon's.
+        assert!(rayon::current_thread_index().is_none());
+        let caller = std::thread::current().id();
+        let (on_pool, nested) = on_compute_pool(&Device::flex().autodiff(), || {
+            let here = std::thread::current().id();
+            // A nested call (a training step calling `reconstruct`, say) stays on its thread.
+            let nested = on_compute_pool(&Device::flex(), || std::thread::current().id());
+            (rayon::current_thread_index().is_some() && here != caller, nested == here)
+        });
+        assert!(on_pool, "CPU work should run on a thread of rayon's pool");
+        assert!(nested, "a nested call should run where it is");
+        // Naming a wgpu device starts nothing, so this needs no adapter.
+        let gpu = Device::wgpu(DeviceKind::DiscreteGpu(0));
+        let stayed = on_compute_pool(&gpu, || std::thread::current().id() == caller);
+        assert!(stayed, "GPU work should stay on the caller's thread");
+    }
+}
