@@ -259,7 +259,10 @@ mod compute_pool_tests {
             let here = std::thread::current().id();
             // A nested call (a training step calling `reconstruct`, say) stays on its thread.
             let nested = on_compute_pool(&Device::flex(), || std::thread::current().id());
-            (rayon::current_thread_index().is_some() && here != caller, nested == here)
+            (
+                rayon::current_thread_index().is_some() && here != caller,
+                nested == here,
+            )
         });
         assert!(on_pool, "CPU work should run on a thread of rayon's pool");
         assert!(nested, "a nested call should run where it is");

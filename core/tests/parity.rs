@@ -12,6 +12,8 @@
 //! Every check runs on burn's CPU backend; the same checks run on wgpu when an adapter exists
 //! (a software Vulkan driver counts), and `SFTOK_REQUIRE_WGPU=1` makes a missing adapter a failure.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -391,12 +393,7 @@ fn parity_cpu() {
 
 #[test]
 fn parity_wgpu() {
-    let chosen = sftok_core::choose_device(sftok_core::DeviceChoice::Wgpu);
-    match chosen {
-        Ok(chosen) => check_all(&chosen.device, &chosen.description),
-        Err(e) if std::env::var("SFTOK_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
-            panic!("SFTOK_REQUIRE_WGPU=1 but {e}")
-        }
-        Err(e) => eprintln!("parity_wgpu: skipped, {e}"),
+    if let Some(chosen) = common::wgpu_or_skip("parity_wgpu") {
+        check_all(&chosen.device, &chosen.description);
     }
 }

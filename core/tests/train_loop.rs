@@ -1,6 +1,8 @@
 //! The trainer end to end on a tiny configuration: learning, exact resume, stopping, NaN
 //! detection, stage-3 freezing and unreadable training files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsParams;
@@ -421,15 +423,9 @@ fn data_parallel_training_matches_one_device() {
 /// mis-weighted on their way (the second shard is 40 % of the batch).
 #[test]
 fn data_parallel_across_gpu_and_cpu_matches_one_device() {
-    let gpu = match sftok_core::choose_device(sftok_core::DeviceChoice::Wgpu) {
-        Ok(chosen) => {
-            eprintln!("data parallel over {} and the CPU", chosen.description);
-            chosen.device
-        }
-        Err(e) if std::env::var("SFTOK_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
-            panic!("SFTOK_REQUIRE_WGPU=1 but {e}")
-        }
-        Err(e) => return eprintln!("data_parallel_across_gpu_and_cpu: skipped, {e}"),
+    let Some(gpu) = common::wgpu_or_skip("data_parallel_across_gpu_and_cpu") else {
+        return;
     };
-    check_data_parallel("dp-x", Device::flex(), &[gpu, Device::flex()], 1e-2);
+    eprintln!("data parallel over {} and the CPU", gpu.description);
+    check_data_parallel("dp-x", Device::flex(), &[gpu.device, Device::flex()], 1e-2);
 }
