@@ -340,10 +340,10 @@ fn run_on(config: TrainConfig, out: &Path, devices: &[Device]) -> Vec<(u64, f64,
         .collect()
 }
 
-/// Trains the same three stage-1 steps on `one` device and on the `several`, and checks that
-/// the losses, gradient norms and saved weights agree within `tol` (relative for the gradient
-/// norm). Returns the stage-1 config for further checks.
-fn check_data_parallel(tag: &str, one: Device, several: &[Device], tol: f64) -> TrainConfig {
+/// Trains the same three stage-1 steps on the CPU device alone and on the `several`, and checks
+/// that the losses, gradient norms and saved weights agree within `tol` (relative for the
+/// gradient norm). Returns the stage-1 config for further checks.
+fn check_data_parallel(tag: &str, several: &[Device], tol: f64) -> TrainConfig {
     let data = image_folder(&format!("{tag}-data"), 10);
     let teacher = tiny_teacher(&data, tag);
     let init = temp_dir(&format!("{tag}-init"));
@@ -356,7 +356,7 @@ fn check_data_parallel(tag: &str, one: Device, several: &[Device], tol: f64) -> 
     config.batch_size = 5; // shards of 3 and 2: unequal shares are weighted
     let one_dir = temp_dir(&format!("{tag}-one"));
     let several_dir = temp_dir(&format!("{tag}-several"));
-    let single = run_on(config.clone(), &one_dir, &[one]);
+    let single = run_on(config.clone(), &one_dir, &[Device::flex()]);
     let parallel = run_on(config.clone(), &several_dir, several);
     assert_eq!(single.len(), 3);
     assert_eq!(parallel.len(), 3);
@@ -391,12 +391,7 @@ fn check_data_parallel(tag: &str, one: Device, several: &[Device], tol: f64) -> 
 /// gradients is the whole batch's gradient.
 #[test]
 fn data_parallel_training_matches_one_device() {
-    let mut config = check_data_parallel(
-        "dp",
-        Device::flex(),
-        &[Device::flex(), Device::flex()],
-        1e-4,
-    );
+    let mut config = check_data_parallel("dp", &[Device::flex(), Device::flex()], 1e-4);
 
     // A batch smaller than the device count is refused with a message.
     config.batch_size = 1;
@@ -417,15 +412,16 @@ fn data_parallel_training_matches_one_device() {
 /// the CPU backend second: the second shard's gradients really cross from one device to the
 /// other, which two copies of one device never do. wgpu is a real GPU where there is one and a
 /// software Vulkan driver in CI; the test is skipped without an adapter unless
-/// `SFTOK_REQUIRE_WGPU=1`. The two backends round differently, and a rounding difference can flip
-/// a near-tie of a nearest-code search (a teacher code or a latent id), which moves the gradient
-/// norm by up to about 0.5 %: hence 1 %, which still catches a shard's gradients lost or
-/// mis-weighted on their way (the second shard is 40 % of the batch).
+/// `SFTOK_REQUIRE_WGPU=1`. The two backends round differently: in one of eight runs here (random
+/// initial weights each time) the first step's gradient norm differed by 0.4 % while the losses
+/// agreed within 1e-3, as a near-tie of a nearest-code search (a teacher code or a latent id)
+/// resolved differently on the two backends would do. Hence 1 %, which still catches a shard's
+/// gradients lost or mis-weighted on their way (the second shard is 40 % of the batch).
 #[test]
 fn data_parallel_across_gpu_and_cpu_matches_one_device() {
     let Some(gpu) = common::wgpu_or_skip("data_parallel_across_gpu_and_cpu") else {
         return;
     };
     eprintln!("data parallel over {} and the CPU", gpu.description);
-    check_data_parallel("dp-x", Device::flex(), &[gpu.device, Device::flex()], 1e-2);
+    check_data_parallel("dp-x", &[gpu.device, Device::flex()], 1e-2);
 }
