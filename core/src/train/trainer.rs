@@ -513,27 +513,29 @@ fn train_inner(
 
         // The discriminator's own update.
         if gan_on && let Some((disc, disc_optim)) = progress.disc.take() {
-            let mut d_total = 0.0;
-            let mut disc = disc;
-            let mut disc_optim = disc_optim;
-            for (real, fake) in fakes_for_disc.drain(..) {
-                let logits_real = disc.forward(real.detach());
-                let logits_fake = disc.forward(fake.detach());
-                let lecam = progress
-                    .lecam
-                    .loss(logits_real.clone(), logits_fake.clone());
-                let d_loss = hinge_d_loss(logits_real, logits_fake)
-                    + lecam.mul_scalar(config.gan.lecam_weight);
-                d_total += scalar(&d_loss);
-                let mut g = GradientsParams::from_grads(d_loss.backward(), &disc);
-                let n = grad_norm(&disc, &g);
-                disc = disc_optim.step(
-                    disc,
-                    &mut g,
-                    config.gan.lr,
-                    clip_coefficient(n, config.grad_clip),
-                );
-            }
+            let lecam = &mut progress.lecam;
+            let (disc, disc_optim, d_total) = on_compute_pool(&ad, || {
+                let mut d_total = 0.0;
+                let mut disc = disc;
+                let mut disc_optim = disc_optim;
+                for (real, fake) in fakes_for_disc.drain(..) {
+                    let logits_real = disc.forward(real.detach());
+                    let logits_fake = disc.forward(fake.detach());
+                    let lecam = lecam.loss(logits_real.clone(), logits_fake.clone());
+                    let d_loss = hinge_d_loss(logits_real, logits_fake)
+                        + lecam.mul_scalar(config.gan.lecam_weight);
+                    d_total += scalar(&d_loss);
+                    let mut g = GradientsParams::from_grads(d_loss.backward(), &disc);
+                    let n = grad_norm(&disc, &g);
+                    disc = disc_optim.step(
+                        disc,
+                        &mut g,
+                        config.gan.lr,
+                        clip_coefficient(n, config.grad_clip),
+                    );
+                }
+                (disc, disc_optim, d_total)
+            });
             accumulate(&mut terms, "disc_loss", d_total);
             progress.disc = Some((disc, disc_optim));
         }
