@@ -314,6 +314,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: the first GPU, each step ended by torch.cuda.synchronize()")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed steps, run 3 more under torch.profiler and print its per-operator "
+                         "table (self CPU time) to stderr")
     args = ap.parse_args()
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--batch, --steps and --threads must be >= 1, --warmup >= 0")
@@ -378,6 +381,13 @@ def main():
         parts = ", ".join(f"{k} {float(v):.4f}" for k, v in extra.items())
         log(f"{'step' if timed else 'warm-up'} {i + 1 - (args.warmup if timed else 0)}: {ms:.1f} ms, "
             f"loss {lv:.4f} ({parts})")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                train_step()
+        log(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     med = statistics.median(times)

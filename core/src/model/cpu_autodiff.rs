@@ -1022,4 +1022,62 @@ mod tests {
             .into_data()
             .assert_approx_eq::<f32>(&x.grad(&g2).unwrap().into_data(), tol);
     }
+
+    /// Times the three parts of a training convolution (forward, input gradient, weight
+    /// gradient) at the demo teacher's 3x3 sizes, batch 16, best of 7, both threads; the same
+    /// table on the PyTorch side: `bench/pytorch_conv.py`.
+    /// `cargo test --release --workspace --lib conv_training_parts -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a benchmark, not a test"]
+    fn benchmark_conv_training_parts() {
+        use crate::model::direct_conv::tests::values;
+        let batch = 16;
+        for (c, o, hw) in [
+            (3, 32, 64),
+            (32, 32, 64),
+            (64, 64, 64),
+            (64, 32, 64),
+            (32, 3, 64),
+            (32, 64, 32),
+            (64, 64, 32),
+            (64, 64, 16),
+            (64, 128, 8),
+            (128, 128, 8),
+            (128, 32, 8),
+        ] {
+            let x = values(batch * c * hw * hw, 1);
+            let wt = values(o * c * 9, 2);
+            let g = values(batch * o * hw * hw, 3);
+            let flipped = values(o * c * 9, 4);
+            let best = |f: &dyn Fn() -> Vec<f32>| {
+                std::hint::black_box(f());
+                (0..7)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        std::hint::black_box(f());
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let conv = |x: &[f32], c: usize, w: &[f32], o: usize| {
+                same_conv(ConvOperands {
+                    x,
+                    dims: [batch, c, hw, hw],
+                    weight: w,
+                    out_channels: o,
+                    k: 3,
+                    bias: None,
+                    residual: None,
+                })
+            };
+            let times = [
+                best(&|| conv(&x, c, &wt, o)),
+                best(&|| conv(&g, o, &flipped, c)),
+                best(&|| weight_gradient(&x, &g, [batch, c, hw, hw], o, 3)),
+            ];
+            let flops = 2.0 * (batch * c * o * 9 * hw * hw) as f64;
+            let [f, d, w] = times.map(|t| format!("{:7.2} ({:4.0})", t * 1e3, flops / t / 1e9));
+            println!("{c:4}->{o:4} @{hw:3}: fwd {f}  bwd-data {d}  bwd-weight {w}   ms (GFLOP/s)");
+        }
+    }
 }

@@ -790,6 +790,19 @@ pub fn linear<const D: usize>(
     }
 }
 
+/// A 1x1 convolution applied to channels-last rows: `x` is `[.., C]` (one row per position) and
+/// the result `[.., O]`, equal to `conv` over the same values laid out as `[B, C, h, w]`.
+///
+/// Why: a 1x1 convolution is a linear layer over each position. Where the values already come
+/// channels-last (the decoder's hidden states, the encoder's patches) this skips the layout
+/// change and burn's convolution (an im2col copy forward, a transposed convolution and another
+/// im2col backward) for one product through [`linear`].
+pub fn pointwise_conv<const D: usize>(conv: &Conv2d, x: Tensor<D>) -> Tensor<D> {
+    let [o, c, kh, kw] = conv.weight.dims();
+    let weight = conv.weight.val().reshape([o, c * kh * kw]).transpose();
+    linear(x, weight, conv.bias.as_ref().map(|b| b.val()))
+}
+
 /// [`linear`] with a `burn::nn::Linear`'s parameters.
 pub fn linear_layer<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
     linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))

@@ -7,6 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::tensor::{Device, Int, Tensor};
 
+use super::cpu_kernels::pointwise_conv;
 use super::vit::{
     ResidualAttentionBlock, blocks, layer_norm, linear, official_linear_init, scaled_randn,
 };
@@ -106,13 +107,10 @@ impl MultiStepDecoder {
         self.logits_from_hidden(x)
     }
 
-    /// `ffn` on the hidden states laid out as a `g x g` image.
+    /// `ffn` on the hidden states. The official code lays them out as a `g x g` image for its two
+    /// 1x1 convolutions; per position those are linear layers, applied here to `[B, N, W]` as is.
     pub fn logits_from_hidden(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, w] = x.dims();
-        let g = self.grid;
-        let x = x.swap_dims(1, 2).reshape([b, w, g, g]);
-        let x = self.ffn_logits.forward(self.ffn_expand.forward(x).tanh()); // [B, V, g, g]
-        let v = x.dims()[1];
-        x.reshape([b, v, n]).swap_dims(1, 2)
+        let hidden = pointwise_conv(&self.ffn_expand, x).tanh();
+        pointwise_conv(&self.ffn_logits, hidden) // [B, N, V]
     }
 }

@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
+use super::cpu_kernels::{conv2d, pointwise_conv};
 use super::vit::{ResidualAttentionBlock, blocks, layer_norm, official_linear_init, scaled_randn};
 use crate::config::SftokConfig;
 
@@ -61,10 +62,8 @@ impl TitokEncoder {
     /// # Shapes
     /// - pixels: `[B, 3, H, W]` in [0, 1]; latent_tokens: `[L, W]` -> `[B, L, W]`
     pub fn forward_tokens(&self, pixels: Tensor<4>, latent_tokens: Tensor<2>) -> Tensor<3> {
-        let b = pixels.dims()[0];
-        let x = self.patch_embed.forward(pixels); // [B, W, g, g]
-        let [_, w, gh, gw] = x.dims();
-        let x = x.reshape([b, w, gh * gw]).swap_dims(1, 2); // [B, g^2, W]
+        let x = self.patch_embeddings(pixels); // [B, g^2, W]
+        let [b, _, w] = x.dims();
         let cls = self
             .class_embedding
             .val()
@@ -83,6 +82,24 @@ impl TitokEncoder {
         self.ln_post.forward(x.narrow(1, seq - l, l))
     }
 
+    /// `patch_embed` (a `p x p` convolution with stride `p`) as a product: each patch's `3 p p`
+    /// values in the weight's (channel, row, column) order, one row per patch in raster order.
+    ///
+    /// # Shapes
+    /// - pixels: `[B, 3, H, W]` -> `[B, (H/p) (W/p), W_model]`
+    fn patch_embeddings(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = pixels.dims();
+        let [p, _] = self.patch_embed.kernel_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixels
+            .narrow(2, 0, gh * p)
+            .narrow(3, 0, gw * p)
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, c * p * p]);
+        pointwise_conv(&self.patch_embed, patches)
+    }
+
     /// # Shapes
     /// - pixels: `[B, 3, H, W]`; latent_tokens: `[L, W]` -> `[B, D, 1, L]`
     pub fn forward(&self, pixels: Tensor<4>, latent_tokens: Tensor<2>) -> Tensor<4> {
@@ -94,7 +111,7 @@ impl TitokEncoder {
     /// channel c of latent l is element `c * L + l` of the flattened tokens), then the 1x1 conv.
     pub fn tokens_to_latents(&self, tokens: Tensor<3>) -> Tensor<4> {
         let [b, l, w] = tokens.dims();
-        let z = self.conv_out.forward(tokens.reshape([b, w, l, 1])); // [B, D, L, 1]
+        let z = conv2d(&self.conv_out, tokens.reshape([b, w, l, 1]), None); // [B, D, L, 1]
         let d = z.dims()[1];
         z.reshape([b, d, 1, l])
     }
