@@ -18,6 +18,8 @@
 //! parity tests run both paths (flex takes the fast one, wgpu the fallback) against the official
 //! fixtures.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::conv::Conv2d;
@@ -149,6 +151,56 @@ pub(crate) fn fill_padded(padded: &mut [f32], image: &[f32], [h, w]: [usize; 2],
                 dst[(y + pad) * wp + pad..][..w].copy_from_slice(&src[y * w..][..w]);
             }
         });
+}
+
+/// [`fill_padded`] into storage that has not been written: every value of the `c` planes is
+/// written, the border with zeros.
+pub(crate) fn write_padded(
+    padded: &mut [MaybeUninit<f32>],
+    image: &[f32],
+    [h, w]: [usize; 2],
+    pad: usize,
+) {
+    let wp = w + 2 * pad;
+    let plane = (h + 2 * pad) * wp;
+    let zero = MaybeUninit::new(0.0f32);
+    padded
+        .par_chunks_mut(plane)
+        .zip(image.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            dst[..pad * wp].fill(zero);
+            dst[(h + pad) * wp..].fill(zero);
+            for (y, row) in dst[pad * wp..(h + pad) * wp]
+                .chunks_exact_mut(wp)
+                .enumerate()
+            {
+                row[..pad].fill(zero);
+                row[pad..pad + w].write_copy_of_slice(&src[y * w..][..w]);
+                row[pad + w..].fill(zero);
+            }
+        });
+}
+
+/// Storage for `len` values that a kernel writes completely: no zero fill first, which would
+/// be one more pass over memory as large as a convolution's input or output (the zero fills
+/// were 1-2 % of a teacher training step).
+pub(crate) fn unwritten(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut values = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` values need no initialisation.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// The values of [`unwritten`] storage once all of them have been written.
+///
+/// # Safety
+/// Every value of `values` has been written.
+pub(crate) unsafe fn written(values: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut values = std::mem::ManuallyDrop::new(values);
+    let (ptr, len, cap) = (values.as_mut_ptr(), values.len(), values.capacity());
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; same allocation, length and capacity;
+    // the caller vouches that every value is initialised.
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
 }
 
 /// The operands of a "same" convolution (stride 1, odd k x k kernel, zero padding (k-1)/2) on

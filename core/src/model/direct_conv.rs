@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::SameConv;
+use super::cpu_kernels::{SameConv, unwritten, write_padded, written};
 
 /// Output channels per register tile.
 const TILE_CHANNELS: usize = 6;
@@ -55,19 +55,24 @@ pub(crate) fn same_conv(conv: SameConv<'_>) -> Vec<f32> {
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let plane = hp * wp;
     let taps = k * k;
-    let mut out = vec![0.0f32; batch * o * h * w];
-    if out.is_empty() {
-        return out;
+    if batch * o * h * w == 0 {
+        return Vec::new();
     }
+    // Every value is written by exactly one task below.
+    let mut out = unwritten(batch * o * h * w);
 
     // Every image padded once; the last tile of the last image reads up to k + 16 values past its
     // plane (see the module comment), hence the slack.
     let image_len = c * plane;
-    let mut padded = vec![0.0f32; batch * image_len + k + TILE_POSITIONS];
-    padded[..batch * image_len]
+    let mut padded = unwritten(batch * image_len + k + TILE_POSITIONS);
+    let (images, slack) = padded.split_at_mut(batch * image_len);
+    slack.fill(std::mem::MaybeUninit::new(0.0));
+    images
         .par_chunks_mut(image_len)
         .zip(x.par_chunks(c * h * w))
-        .for_each(|(dst, src)| super::cpu_kernels::fill_padded(dst, src, [h, w], pad));
+        .for_each(|(dst, src)| write_padded(dst, src, [h, w], pad));
+    // SAFETY: write_padded wrote every value of the images, the slack is zeros.
+    let padded = unsafe { written(padded) };
 
     let packed = pack_weights(weight, o, c, taps);
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * wp + t % k).collect();
@@ -112,7 +117,9 @@ pub(crate) fn same_conv(conv: SameConv<'_>) -> Vec<f32> {
             // its own image, a region no other task writes; `out` outlives the parallel loop.
             unsafe { ctx.block(out_addr as *mut f32, image, y0, nrows, tiles) };
         });
-    out
+    // SAFETY: the tasks cover every image, row block and channel tile, and `block` writes every
+    // value of its rows and channels.
+    unsafe { written(out) }
 }
 
 /// The weights reordered as `[tile][c][tap][6]` with zero channels past `o`, so that the six
@@ -215,17 +222,20 @@ impl Ctx<'_> {
                 for r in 0..nrows {
                     let at = plane_start + (y0 + r) * w;
                     let row = &lane[r * wp..r * wp + w];
-                    // SAFETY: this row of this channel is in this task's region of the output.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), w) };
+                    // SAFETY: this row of this channel is in this task's region of the output,
+                    // which may not have been written yet: written through the pointer only.
+                    let dst = unsafe { out.add(at) };
                     match self.residual {
                         Some(res) => {
-                            for ((d, &g), &r) in dst.iter_mut().zip(row).zip(&res[at..at + w]) {
-                                *d = g + add + r;
+                            for (i, (&g, &r)) in row.iter().zip(&res[at..at + w]).enumerate() {
+                                // SAFETY: i < w, inside this row.
+                                unsafe { dst.add(i).write(g + add + r) };
                             }
                         }
                         None => {
-                            for (d, &g) in dst.iter_mut().zip(row) {
-                                *d = g + add;
+                            for (i, &g) in row.iter().enumerate() {
+                                // SAFETY: i < w, inside this row.
+                                unsafe { dst.add(i).write(g + add) };
                             }
                         }
                     }

@@ -13,6 +13,7 @@ pub mod quantizer;
 pub mod sftok;
 pub mod vit;
 pub mod vqgan;
+mod weight_grad;
 
 pub use decoder::MultiStepDecoder;
 pub use encoder::TitokEncoder;
