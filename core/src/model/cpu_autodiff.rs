@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use super::cpu_kernels::{
     SameConv as ConvOperands, attention_values, contiguous_f32, f32s, flex_from, gemm_strided,
-    gemm_threaded, group_norm_silu_values, group_stats, has_avx2, linear_values, same_conv,
-    same_conv_kernel, silu_f32, update_f32,
+    gemm_threaded, group_norm_silu_values, group_stats, has_avx2, layer_norm_values, linear_values,
+    same_conv, same_conv_kernel, silu_f32, update_f32,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -690,6 +690,124 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tens
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
+/// What the backward pass of a layer norm keeps: its input, gamma and each row's mean and
+/// 1 / standard deviation.
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    input: FlexTensor,
+    gamma: FlexTensor,
+    stats: std::sync::Arc<Vec<[f32; 2]>>,
+}
+
+/// `layer_norm(x) * gamma + beta` over the last dimension, recorded as one operation (parents:
+/// x, gamma, beta).
+#[derive(Debug)]
+struct LayerNormOp;
+
+impl Backward<Flex, 3> for LayerNormOp {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<LayerNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(grad) = contiguous_f32(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let x = f32s(&st.input);
+        let g = f32s(&grad);
+        let gamma = f32s(&st.gamma);
+        let width = gamma.len();
+        const ROWS_PER_TASK: usize = 32;
+        let mut dx = vec![0.0f32; x.len()];
+        // Per block of rows: dx, and the block's sums of dy * xhat (dgamma) and dy (dbeta).
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+            .par_chunks_mut(ROWS_PER_TASK * width)
+            .zip(x.par_chunks(ROWS_PER_TASK * width))
+            .zip(g.par_chunks(ROWS_PER_TASK * width))
+            .zip(st.stats.par_chunks(ROWS_PER_TASK))
+            .map(|(((dx, x), g), stats)| {
+                let mut dgamma = vec![0.0f64; width];
+                let mut dbeta = vec![0.0f64; width];
+                for (((dx, x), g), &[mean, rstd]) in dx
+                    .chunks_exact_mut(width)
+                    .zip(x.chunks_exact(width))
+                    .zip(g.chunks_exact(width))
+                    .zip(stats)
+                {
+                    // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat *
+                    // mean(dxhat * xhat)).
+                    let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        let dxhat = g[i] * gamma[i];
+                        sum_dxhat += dxhat as f64;
+                        sum_dxhat_xhat += (dxhat * xhat) as f64;
+                        dgamma[i] += (g[i] * xhat) as f64;
+                        dbeta[i] += g[i] as f64;
+                    }
+                    let m1 = (sum_dxhat / width as f64) as f32;
+                    let m2 = (sum_dxhat_xhat / width as f64) as f32;
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
+                    }
+                }
+                (dgamma, dbeta)
+            })
+            .collect();
+        let [px, pg, pb] = &ops.parents;
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, flex_from(dx, st.input.layout().shape()));
+        }
+        let sum = |pick: fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| -> Vec<f32> {
+            (0..width)
+                .map(|i| partial.iter().map(|p| pick(p)[i]).sum::<f64>() as f32)
+                .collect()
+        };
+        if let Some(node) = pg {
+            grads.register::<Flex>(node.id, flex_from(sum(|p| &p.0), &[width]));
+        }
+        if let Some(node) = pb {
+            grads.register::<Flex>(node.id, flex_from(sum(|p| &p.1), &[width]));
+        }
+    }
+}
+
+/// `norm.forward(x)` (epsilon `eps`) recorded as one operation on `Autodiff<Flex>`; `None`
+/// elsewhere and for a layer norm without a bias.
+pub fn layer_norm<const D: usize>(
+    norm: &burn::nn::LayerNorm,
+    x: &Tensor<D>,
+    eps: f64,
+) -> Option<Tensor<D>> {
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let ga = norm.gamma.val().try_into_primitive::<Ad>().ok()?;
+    let ba = norm.beta.as_ref()?.val().try_into_primitive::<Ad>().ok()?;
+    let input = contiguous_f32(xa.primitive())?;
+    let gamma = contiguous_f32(ga.primitive())?;
+    let beta = contiguous_f32(ba.primitive())?;
+    let width = gamma.layout().num_elements();
+    if x.dims().last() != Some(&width) || beta.layout().num_elements() != width {
+        return None;
+    }
+    let (out, stats) = layer_norm_values(f32s(&input), width, f32s(&gamma), f32s(&beta), eps);
+    let out = flex_from(out, input.layout().shape());
+    let state = LayerNormState {
+        input,
+        gamma,
+        stats: std::sync::Arc::new(stats),
+    };
+    let result = match LayerNormOp
+        .prepare::<NoCheckpointing>([xa.node(), ga.node(), ba.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
 /// What the backward pass of the attention core keeps: its input and the probabilities.
 #[derive(Clone, Debug)]
 struct AttentionState {
@@ -888,6 +1006,53 @@ mod tests {
                 let gb2 = conv2.bias.as_ref().unwrap().grad(&g2).unwrap();
                 gb.into_data()
                     .assert_approx_eq::<f32>(&gb2.into_data(), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_gradients_match_burn() {
+        for (rows, width) in [(7, 5), (40, 128), (3, 1)] {
+            let ad = Device::flex().autodiff();
+            let eps = 1e-5;
+            let mut norm = burn::nn::LayerNormConfig::new(width)
+                .with_epsilon(eps)
+                .init(&ad);
+            // Non-trivial affine parameters.
+            norm.gamma = burn::module::Param::from_tensor(Tensor::random(
+                [width],
+                Distribution::Normal(1.0, 0.5),
+                &ad,
+            ));
+            norm.beta = Some(burn::module::Param::from_tensor(Tensor::random(
+                [width],
+                Distribution::Normal(0.0, 0.5),
+                &ad,
+            )));
+            let x = Tensor::<3>::random([2, rows, width], Distribution::Normal(0.5, 2.0), &ad)
+                .require_grad();
+            let r = Tensor::<3>::random([2, rows, width], Distribution::Normal(0.0, 1.0), &ad);
+            let fast = layer_norm(&norm, &x, eps).expect("Autodiff<Flex> path");
+            let g = (fast.clone() * r.clone()).sum().backward();
+            let x2 = x.clone().detach().require_grad();
+            let slow = norm.forward(x2.clone());
+            let g2 = (slow.clone() * r).sum().backward();
+            let tol = Tolerance::absolute(1e-4);
+            fast.inner()
+                .into_data()
+                .assert_approx_eq::<f32>(&slow.inner().into_data(), tol);
+            x.grad(&g)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&x2.grad(&g2).unwrap().into_data(), tol);
+            let beta = norm.beta.as_ref().unwrap();
+            for (a, b) in [
+                (norm.gamma.grad(&g), norm.gamma.grad(&g2)),
+                (beta.grad(&g), beta.grad(&g2)),
+            ] {
+                a.unwrap()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&b.unwrap().into_data(), tol);
             }
         }
     }

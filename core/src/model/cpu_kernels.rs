@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::{GroupNorm, LayerNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
@@ -488,6 +488,69 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
             })
         });
     from_vec(out, x.dims())
+}
+
+/// `layer_norm(x) * gamma + beta` over the last dimension (`width` values per row), with each
+/// row's mean and 1 / standard deviation (biased variance, as PyTorch), which the backward pass
+/// reuses. Rows in parallel, sums in f64.
+pub(crate) fn layer_norm_values(
+    x: &[f32],
+    width: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<[f32; 2]>) {
+    let rows = x.len() / width.max(1);
+    let mut out = vec![0.0f32; x.len()];
+    let mut stats = vec![[0.0f32; 2]; rows];
+    const ROWS_PER_TASK: usize = 32;
+    out.par_chunks_mut(ROWS_PER_TASK * width)
+        .zip(stats.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(ROWS_PER_TASK * width))
+        .for_each(|((out, stats), x)| {
+            for ((dst, st), src) in out
+                .chunks_exact_mut(width)
+                .zip(stats.iter_mut())
+                .zip(x.chunks_exact(width))
+            {
+                let mean = src.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+                let var =
+                    src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
+                let rstd = 1.0 / (var + eps).sqrt();
+                let (mean, rstd) = (mean as f32, rstd as f32);
+                for (((d, &v), &g), &b) in dst.iter_mut().zip(src).zip(gamma).zip(beta) {
+                    *d = (v - mean) * rstd * g + b;
+                }
+                *st = [mean, rstd];
+            }
+        });
+    (out, stats)
+}
+
+/// `norm.forward(x)` for a [`LayerNorm`] whose epsilon is `eps` (burn keeps its own private):
+/// one recorded operation in training on the CPU backend ([`super::cpu_autodiff::layer_norm`]),
+/// one pass over the rows in inference there, burn's elsewhere.
+///
+/// Why: burn's layer norm is about ten element-wise operations forward and more backward, each
+/// a pass over memory on one thread; the ViT's 20 of them per forward left one of the two
+/// threads idle for a noticeable part of a stage-1 step.
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    if let Some(y) = super::cpu_autodiff::layer_norm(norm, &x, eps) {
+        return y;
+    }
+    let fast = || {
+        let input = flex_values(&x)?;
+        let gamma = flex_values(&norm.gamma.val())?;
+        let beta = flex_values(&norm.beta.as_ref()?.val())?;
+        let width = gamma.layout().num_elements();
+        (x.dims().last() == Some(&width)).then_some(())?;
+        let (out, _) = layer_norm_values(f32s(&input), width, f32s(&gamma), f32s(&beta), eps);
+        Some(from_vec(out, x.dims()))
+    };
+    match fast() {
+        Some(y) => y,
+        None => norm.forward(x),
+    }
 }
 
 /// Softmax of one row, in place. The passes are kept separate so that the exponentials vectorise

@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::cpu_kernels::pointwise_conv;
+use super::cpu_kernels::{layer_norm as layer_norm_forward, pointwise_conv};
 use super::vit::{
     ResidualAttentionBlock, blocks, layer_norm, linear, official_linear_init, scaled_randn,
 };
@@ -33,6 +33,8 @@ pub struct MultiStepDecoder {
     /// `ffn.2`: 1x1 conv 2W -> V.
     pub ffn_logits: Conv2d,
     pub grid: usize,
+    /// `ln_pre` and `ln_post`'s epsilon (burn keeps its own private).
+    pub layernorm_eps: f64,
 }
 
 impl MultiStepDecoder {
@@ -66,6 +68,7 @@ impl MultiStepDecoder {
             ffn_expand: conv1x1(w, 2 * w),
             ffn_logits: conv1x1(2 * w, v),
             grid: cfg.decoder_grid(),
+            layernorm_eps: cfg.layernorm_eps,
         }
     }
 
@@ -91,11 +94,12 @@ impl MultiStepDecoder {
                 .learnable_embedding_positional_embedding
                 .val()
                 .unsqueeze();
-        let mut x = self.ln_pre.forward(Tensor::cat(vec![tokens, cond], 1));
+        let eps = self.layernorm_eps;
+        let mut x = layer_norm_forward(&self.ln_pre, Tensor::cat(vec![tokens, cond], 1), eps);
         for block in &self.transformer {
             x = block.forward(x);
         }
-        self.ln_post.forward(x.narrow(1, 1, n))
+        layer_norm_forward(&self.ln_post, x.narrow(1, 1, n), eps)
     }
 
     /// Logits over the V teacher codes.

@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use super::cpu_kernels::{conv2d, pointwise_conv};
+use super::cpu_kernels::{conv2d, layer_norm as layer_norm_forward, pointwise_conv};
 use super::vit::{ResidualAttentionBlock, blocks, layer_norm, official_linear_init, scaled_randn};
 use crate::config::SftokConfig;
 
@@ -26,6 +26,8 @@ pub struct TitokEncoder {
     pub conv_out: Conv2d,
     pub width: usize,
     pub num_latent_tokens: usize,
+    /// `ln_pre` and `ln_post`'s epsilon (burn keeps its own private).
+    pub layernorm_eps: f64,
 }
 
 impl TitokEncoder {
@@ -54,6 +56,7 @@ impl TitokEncoder {
                 .init(device),
             width: e.width,
             num_latent_tokens: cfg.num_latent_tokens,
+            layernorm_eps: cfg.layernorm_eps,
         }
     }
 
@@ -74,12 +77,13 @@ impl TitokEncoder {
         let latents = (latent_tokens + self.latent_token_positional_embedding.val())
             .unsqueeze::<3>()
             .expand([b, l, w]);
-        let mut x = self.ln_pre.forward(Tensor::cat(vec![x, latents], 1));
+        let eps = self.layernorm_eps;
+        let mut x = layer_norm_forward(&self.ln_pre, Tensor::cat(vec![x, latents], 1), eps);
         for block in &self.transformer {
             x = block.forward(x);
         }
         let seq = x.dims()[1];
-        self.ln_post.forward(x.narrow(1, seq - l, l))
+        layer_norm_forward(&self.ln_post, x.narrow(1, seq - l, l), eps)
     }
 
     /// `patch_embed` (a `p x p` convolution with stride `p`) as a product: each patch's `3 p p`

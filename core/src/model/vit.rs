@@ -9,6 +9,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
+use super::cpu_kernels::layer_norm as layer_norm_forward;
 use crate::config::VitConfig;
 
 /// The initialiser of the official `_init_weights` for linear layers (truncated normal, std 0.02;
@@ -105,6 +106,8 @@ pub struct ResidualAttentionBlock {
     pub attn: MultiheadAttention,
     pub ln_2: LayerNorm,
     pub mlp: Mlp,
+    /// The layer norms' epsilon (burn keeps its own private; the CPU kernels need it).
+    pub layernorm_eps: f64,
 }
 
 impl ResidualAttentionBlock {
@@ -117,14 +120,16 @@ impl ResidualAttentionBlock {
                 c_fc: linear(cfg.width, cfg.mlp_width(), device),
                 c_proj: linear(cfg.mlp_width(), cfg.width, device),
             },
+            layernorm_eps: eps,
         }
     }
 
     /// # Shapes
     /// - x: `[batch, seq, width]` -> `[batch, seq, width]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let eps = self.layernorm_eps;
+        let x = x.clone() + self.attn.forward(layer_norm_forward(&self.ln_1, x, eps));
+        x.clone() + self.mlp.forward(layer_norm_forward(&self.ln_2, x, eps))
     }
 }
 
