@@ -759,16 +759,17 @@ impl Backward<Flex, 3> for LayerNormOp {
         if let Some(node) = px {
             grads.register::<Flex>(node.id, flex_from(dx, st.input.layout().shape()));
         }
-        let sum = |pick: fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| -> Vec<f32> {
-            (0..width)
-                .map(|i| partial.iter().map(|p| pick(p)[i]).sum::<f64>() as f32)
-                .collect()
-        };
+        let (mut dgamma, mut dbeta) = (vec![0.0f64; width], vec![0.0f64; width]);
+        for (dg, db) in &partial {
+            dgamma.iter_mut().zip(dg).for_each(|(a, b)| *a += b);
+            dbeta.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+        }
+        let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
         if let Some(node) = pg {
-            grads.register::<Flex>(node.id, flex_from(sum(|p| &p.0), &[width]));
+            grads.register::<Flex>(node.id, flex_from(narrow(dgamma), &[width]));
         }
         if let Some(node) = pb {
-            grads.register::<Flex>(node.id, flex_from(sum(|p| &p.1), &[width]));
+            grads.register::<Flex>(node.id, flex_from(narrow(dbeta), &[width]));
         }
     }
 }
