@@ -428,6 +428,22 @@ impl Activation for Gelu {
     }
 }
 
+#[derive(Debug)]
+struct Tanh;
+
+impl Activation for Tanh {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        super::cpu_kernels::tanh_f32(x)
+    }
+
+    #[inline(always)]
+    fn derivative(x: f32) -> f32 {
+        let t = super::cpu_kernels::tanh_f32(x);
+        1.0 - t * t
+    }
+}
+
 /// An element-wise activation recorded as one operation; the state is its input.
 #[derive(Debug)]
 struct Elementwise<A: Activation>(std::marker::PhantomData<A>);
@@ -478,6 +494,11 @@ fn elementwise<A: Activation, const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>
 /// `silu(x)` recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
 pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     elementwise::<Silu, D>(x)
+}
+
+/// `tanh(x)` recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
+pub fn tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    elementwise::<Tanh, D>(x)
 }
 
 /// Exact GELU recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
@@ -809,6 +830,101 @@ pub fn layer_norm<const D: usize>(
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
+/// What the backward pass of a cross-entropy keeps: the logits, the targets and each row's
+/// log-sum-exp.
+#[derive(Clone, Debug)]
+struct CrossEntropyState {
+    logits: FlexTensor,
+    targets: std::sync::Arc<Vec<usize>>,
+    log_sum_exp: std::sync::Arc<Vec<f32>>,
+}
+
+/// Per-row cross-entropy `logsumexp(l) - l[target]` recorded as one operation.
+#[derive(Debug)]
+struct CrossEntropyOp;
+
+impl Backward<Flex, 1> for CrossEntropyOp {
+    type State = CrossEntropyState;
+
+    fn backward(self, ops: Ops<CrossEntropyState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let Some(grad) = contiguous_f32(&grad) else {
+            return;
+        };
+        let st = ops.state;
+        let logits = f32s(&st.logits);
+        let g = f32s(&grad);
+        let classes = logits.len() / g.len().max(1);
+        // d ce / d l = softmax(l) - onehot(target), per row, times the row's incoming gradient.
+        let mut dl = vec![0.0f32; logits.len()];
+        dl.par_chunks_mut(classes)
+            .zip(logits.par_chunks(classes))
+            .enumerate()
+            .for_each(|(row, (dst, src))| {
+                let (lse, scale) = (st.log_sum_exp[row], g[row]);
+                super::cpu_kernels::map_f32(dst, src, |v| {
+                    scale * super::cpu_kernels::exp_f32(v - lse)
+                });
+                dst[st.targets[row]] -= scale;
+            });
+        grads.register::<Flex>(node.id, flex_from(dl, st.logits.layout().shape()));
+    }
+}
+
+/// `-log_softmax(logits)[target]` per row (`logits` `[.., V]`, one target per row in `0..V`)
+/// recorded as one operation on `Autodiff<Flex>`; `None` elsewhere or for a target out of range.
+pub fn cross_entropy_rows<const D: usize, const E: usize>(
+    logits: &Tensor<D>,
+    targets: &[i64],
+) -> Option<Tensor<E>> {
+    let dims = logits.dims();
+    let classes = *dims.last()?;
+    let rows: usize = dims[..D - 1].iter().product();
+    if E != D - 1 || targets.len() != rows || classes == 0 {
+        return None;
+    }
+    let targets: Vec<usize> = targets
+        .iter()
+        .map(|&t| usize::try_from(t).ok().filter(|&t| t < classes))
+        .collect::<Option<_>>()?;
+    let la = logits.clone().try_into_primitive::<Ad>().ok()?;
+    let values = contiguous_f32(la.primitive())?;
+    let l = f32s(&values);
+    let mut ce = vec![0.0f32; rows];
+    let mut log_sum_exp = vec![0.0f32; rows];
+    ce.par_iter_mut()
+        .zip(log_sum_exp.par_iter_mut())
+        .zip(l.par_chunks(classes))
+        .zip(&targets)
+        .for_each(|(((ce, lse), row), &t)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row
+                .iter()
+                .map(|&v| super::cpu_kernels::exp_f32(v - max))
+                .sum();
+            *lse = max + sum.ln();
+            *ce = *lse - row[t];
+        });
+    let out = flex_from(ce, &dims[..D - 1]);
+    let state = CrossEntropyState {
+        logits: values,
+        targets: std::sync::Arc::new(targets),
+        log_sum_exp: std::sync::Arc::new(log_sum_exp),
+    };
+    let result = match CrossEntropyOp
+        .prepare::<NoCheckpointing>([la.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
 /// What the backward pass of the attention core keeps: its input and the probabilities.
 #[derive(Clone, Debug)]
 struct AttentionState {
@@ -1059,6 +1175,40 @@ mod tests {
     }
 
     #[test]
+    fn cross_entropy_gradients_match_burn() {
+        let ad = Device::flex().autodiff();
+        let (b, n, v) = (3, 5, 37);
+        let logits =
+            Tensor::<3>::random([b, n, v], Distribution::Normal(0.0, 4.0), &ad).require_grad();
+        let targets: Vec<i64> = (0..b * n).map(|i| (i * 7 % v) as i64).collect();
+        let r = Tensor::<2>::random([b, n], Distribution::Normal(0.0, 1.0), &ad);
+        let fast: Tensor<2> = cross_entropy_rows(&logits, &targets).expect("Autodiff<Flex> path");
+        let g = (fast.clone() * r.clone()).sum().backward();
+        let l2 = logits.clone().detach().require_grad();
+        let t = Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(targets.clone(), [b, n]),
+            &ad,
+        )
+        .reshape([b, n, 1]);
+        let slow = burn::tensor::activation::log_softmax(l2.clone(), 2)
+            .gather(2, t)
+            .reshape([b, n])
+            .neg();
+        let g2 = (slow.clone() * r).sum().backward();
+        let tol = Tolerance::absolute(1e-5);
+        fast.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&slow.inner().into_data(), tol);
+        logits
+            .grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&l2.grad(&g2).unwrap().into_data(), tol);
+        // A target out of range is not this path's.
+        assert!(cross_entropy_rows::<3, 2>(&logits, &[v as i64; 15]).is_none());
+    }
+
+    #[test]
     fn linear_gradients_match_burn() {
         for (rows, d_in, d_out, bias) in [(7, 5, 3, true), (4, 9, 11, false), (130, 64, 96, true)] {
             let ad = Device::flex().autodiff();
@@ -1098,16 +1248,17 @@ mod tests {
     }
 
     #[test]
-    fn silu_and_gelu_gradients_match_burn() {
+    fn silu_gelu_and_tanh_gradients_match_burn() {
         let ad = Device::flex().autodiff();
         let x =
             Tensor::<3>::random([2, 5, 300], Distribution::Normal(0.0, 3.0), &ad).require_grad();
         let r = Tensor::<3>::random([2, 5, 300], Distribution::Normal(0.0, 1.0), &ad);
         type Fast = fn(&Tensor<3>) -> Option<Tensor<3>>;
         type Slow = fn(Tensor<3>) -> Tensor<3>;
-        let cases: [(Fast, Slow); 2] = [
+        let cases: [(Fast, Slow); 3] = [
             (silu, burn::tensor::activation::silu),
             (gelu, burn::tensor::activation::gelu),
+            (tanh, |x| x.tanh()),
         ];
         for (fast, slow) in cases {
             let y = fast(&x).expect("fast path on Autodiff<Flex>");

@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::cpu_kernels::{layer_norm as layer_norm_forward, pointwise_conv};
+use super::cpu_kernels::{layer_norm as layer_norm_forward, pointwise_conv, tanh};
 use super::vit::{
     ResidualAttentionBlock, blocks, layer_norm, linear, official_linear_init, scaled_randn,
 };
@@ -114,7 +114,7 @@ impl MultiStepDecoder {
     /// `ffn` on the hidden states. The official code lays them out as a `g x g` image for its two
     /// 1x1 convolutions; per position those are linear layers, applied here to `[B, N, W]` as is.
     pub fn logits_from_hidden(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = pointwise_conv(&self.ffn_expand, x).tanh();
+        let hidden = tanh(pointwise_conv(&self.ffn_expand, x));
         pointwise_conv(&self.ffn_logits, hidden) // [B, N, V]
     }
 }

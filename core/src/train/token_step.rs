@@ -43,6 +43,18 @@ pub struct TokenStepOutput {
 /// `ce[b, n] = logsumexp(logits[b, n]) - logits[b, n, target]`.
 pub fn token_cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
     let [b, n, _] = logits.dims();
+    // On the CPU backend in training, one recorded operation (rows in parallel, no softmax
+    // materialised forward); burn's log_softmax is several single-threaded passes each way.
+    if logits.is_require_grad()
+        && let Ok(ids) = targets
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+        && let Some(ce) = crate::model::cpu_autodiff::cross_entropy_rows(&logits, &ids)
+    {
+        return ce;
+    }
     let picked = log_softmax(logits, 2).gather(2, targets.reshape([b, n, 1]));
     picked.reshape([b, n]).neg()
 }
