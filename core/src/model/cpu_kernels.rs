@@ -33,6 +33,19 @@ pub(crate) fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     contiguous_f32(&t.clone().try_into_primitive::<Flex>().ok()?)
 }
 
+/// The tensor's values, contiguous, when it lives on the CPU backend, tracked by autodiff or not;
+/// else `None`.
+pub(crate) fn cpu_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    if let Some(values) = flex_values(t) {
+        return Some(values);
+    }
+    type Ad = burn::backend::autodiff::Autodiff<
+        Flex,
+        burn::backend::autodiff::checkpoint::strategy::NoCheckpointing,
+    >;
+    contiguous_f32(t.clone().try_into_primitive::<Ad>().ok()?.primitive())
+}
+
 /// `t` itself when it is f32, contiguous and starts at offset 0; a contiguous copy when it is f32
 /// otherwise; `None` for other dtypes.
 pub(crate) fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {

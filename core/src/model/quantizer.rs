@@ -139,19 +139,92 @@ impl OptVq {
     /// official row/column normalisations with their `1e-8` terms, and the argmax per token.
     fn sinkhorn_ids(&self, zn: Tensor<2>, codebook: Tensor<2>) -> Vec<i64> {
         let d = cdist(zn, codebook); // [n, K]
-        let [n, k] = d.dims();
-        // The official `d - (d - d.mean()) / (d.std() + 1e-8)` discards its result: a no-op.
-        let d = d.clone() - d.min().unsqueeze();
-        let mut q = d.mul_scalar(-self.sinkhorn_epsilon).exp().transpose(); // [K, n]
-        q = q.clone() / (q.clone().sum().unsqueeze() + 1e-8);
-        for _ in 0..self.sinkhorn_iters {
-            q = q.clone() / (q.clone().sum_dim(1) + 1e-8);
-            q = q.div_scalar(k as f64);
-            q = q.clone() / (q.clone().sum_dim(0) + 1e-8);
-            q = q.div_scalar(n as f64);
+        let (eps, iters) = (self.sinkhorn_epsilon, self.sinkhorn_iters);
+        match super::cpu_kernels::cpu_values(&d) {
+            Some(values) => {
+                let dims = d.dims();
+                sinkhorn_host(super::cpu_kernels::f32s(&values), dims, eps as f32, iters)
+            }
+            None => sinkhorn_tensor(d, eps, iters),
         }
-        argmax_rows(q.mul_scalar(n as f64).transpose())
     }
+}
+
+/// [`OptVq::sinkhorn_ids`]'s iterations as tensor operations, for distances `d` `[n, K]`.
+fn sinkhorn_tensor(d: Tensor<2>, eps: f64, iters: usize) -> Vec<i64> {
+    let [n, k] = d.dims();
+    // The official `d - (d - d.mean()) / (d.std() + 1e-8)` discards its result: a no-op.
+    let d = d.clone() - d.min().unsqueeze();
+    let mut q = d.mul_scalar(-eps).exp().transpose(); // [K, n]
+    q = q.clone() / (q.clone().sum().unsqueeze() + 1e-8);
+    for _ in 0..iters {
+        q = q.clone() / (q.clone().sum_dim(1) + 1e-8);
+        q = q.div_scalar(k as f64);
+        q = q.clone() / (q.clone().sum_dim(0) + 1e-8);
+        q = q.div_scalar(n as f64);
+    }
+    argmax_rows(q.mul_scalar(n as f64).transpose())
+}
+
+/// [`OptVq::sinkhorn_ids`]'s iterations on the host for distances `d` (`[n][K]`, token-major):
+/// the same operations in the same order as the tensor version, with the token-major matrix
+/// standing for the official `[K, n]` one (its row sums are this one's column sums). Sums are
+/// taken in f64, in parallel.
+///
+/// Why: on the CPU backend the tensor version is about twenty single-threaded passes over the
+/// `n x K` matrix, twice per SFVR training step, during which the second thread idled.
+fn sinkhorn_host(d: &[f32], [n, k]: [usize; 2], eps: f32, iters: usize) -> Vec<i64> {
+    use rayon::prelude::*;
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
+    let min = d.par_iter().copied().reduce(|| f32::INFINITY, f32::min);
+    let mut q: Vec<f32> = d.par_iter().map(|&v| ((v - min) * -eps).exp()).collect();
+    let total = q.par_iter().map(|&v| v as f64).sum::<f64>() as f32;
+    q.par_iter_mut().for_each(|v| *v /= total + 1e-8);
+    let (kf, nf) = (k as f32, n as f32);
+    for _ in 0..iters {
+        // Per code (the official rows): sum over tokens.
+        let code_sums: Vec<f32> = q
+            .par_chunks(k)
+            .fold(
+                || vec![0.0f64; k],
+                |mut acc, row| {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0f64; k],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        // Per token (the official columns): normalise by the code sums, then by its own sum.
+        q.par_chunks_mut(k).for_each(|row| {
+            row.iter_mut()
+                .zip(&code_sums)
+                .for_each(|(v, &s)| *v = *v / (s + 1e-8) / kf);
+            let sum = row.iter().map(|&v| v as f64).sum::<f64>() as f32;
+            row.iter_mut().for_each(|v| *v = *v / (sum + 1e-8) / nf);
+        });
+    }
+    // argmax of q * n per token, the first maximum winning.
+    q.par_chunks(k)
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v * nf > row[best] * nf {
+                    best = i;
+                }
+            }
+            best as i64
+        })
+        .collect()
 }
 
 /// `F.normalize(x, dim=-1)`: `x / max(|x|, 1e-12)`.
@@ -197,4 +270,32 @@ pub fn argmax_rows(x: Tensor<2>) -> Vec<i64> {
             best as i64
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// The host iterations pick the same codes as the tensor ones, on distances of normalised
+    /// random tokens and codes (the quantizer's own case) at a few sizes.
+    #[test]
+    fn host_sinkhorn_matches_the_tensor_version() {
+        let device = Device::flex();
+        for (n, k, dim) in [(64, 1024, 12), (33, 17, 4), (5, 300, 8)] {
+            let unit = |rows| {
+                l2_normalize(Tensor::<2>::random(
+                    [rows, dim],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                ))
+            };
+            let d = cdist(unit(n), unit(k));
+            let values = d.clone().into_data().convert::<f32>();
+            let values = values.as_slice::<f32>().unwrap();
+            let host = sinkhorn_host(values, [n, k], 10.0, 5);
+            let tensor = sinkhorn_tensor(d, 10.0, 5);
+            assert_eq!(host, tensor, "n {n} K {k}");
+        }
+    }
 }
