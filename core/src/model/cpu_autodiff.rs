@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::cpu_kernels::{
     SameConv as ConvOperands, attention_values, contiguous_f32, f32s, flex_from, gemm_strided,
     gemm_threaded, group_norm_silu_values, group_stats, has_avx2, layer_norm_values, linear_values,
-    same_conv, same_conv_kernel, silu_f32, update_f32,
+    same_conv, same_conv_kernel, silu_f32, update_f32, zeroed,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -89,7 +89,7 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
         let taps = k * k;
         if let Some(node) = &ops.parents[0] {
             // dL/dx = same convolution of dL/dy with w'[c][o][ky][kx] = w[o][c][k-1-ky][k-1-kx].
-            let mut flipped = vec![0.0f32; c * o * taps];
+            let mut flipped = zeroed(c * o * taps);
             for oc in 0..o {
                 for ic in 0..c {
                     for t in 0..taps {
@@ -123,7 +123,7 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
         if N == 3
             && let Some(node) = &ops.parents[N - 1]
         {
-            let mut gb = vec![0.0f32; o];
+            let mut gb = zeroed(o);
             gb.par_iter_mut().enumerate().for_each(|(oc, sum)| {
                 *sum = (0..batch)
                     .map(|b| {
@@ -164,7 +164,7 @@ fn weight_gradient_gemm(
     // Reads of the shifted input run up to (k-1)*wp + k-1 values past a channel's span.
     let stride = span + k * wp;
     let channel_major = |values: &[f32], channels: usize, interior_at: usize| {
-        let mut out = vec![0.0f32; channels * stride];
+        let mut out = zeroed(channels * stride);
         out.par_chunks_mut(stride)
             .enumerate()
             .for_each(|(ch, dst)| {
@@ -182,7 +182,7 @@ fn weight_gradient_gemm(
     // with input position q + tap offset).
     let xs = channel_major(x, c, pad);
     let gs = channel_major(g, o, 0);
-    let mut gw = vec![0.0f32; o * c * taps];
+    let mut gw = zeroed(o * c * taps);
     // Each tap writes its own column of `gw` (stride `taps`): the taps run in parallel.
     let gw_addr = gw.as_mut_ptr() as usize;
     (0..taps).into_par_iter().for_each(|tap| {
@@ -277,7 +277,7 @@ impl<const N: usize> Backward<Flex, N> for LinearOp<N> {
         let g = f32s(&grad);
         if let Some(node) = &ops.parents[0] {
             // dL/dx = G W^T: rhs element (j, i) is W[i][j].
-            let mut gx = vec![0.0f32; rows * d_in];
+            let mut gx = zeroed(rows * d_in);
             // SAFETY: gx is rows x d_in; g is rows x d_out row-major; W is d_in x d_out
             // row-major, read transposed.
             unsafe {
@@ -293,7 +293,7 @@ impl<const N: usize> Backward<Flex, N> for LinearOp<N> {
         }
         if let Some(node) = &ops.parents[1] {
             // dL/dW = X^T G: lhs element (i, r) is x[r][i].
-            let mut gw = vec![0.0f32; d_in * d_out];
+            let mut gw = zeroed(d_in * d_out);
             // SAFETY: gw is d_in x d_out; x is rows x d_in row-major, read transposed; g is
             // rows x d_out row-major.
             unsafe {
@@ -461,7 +461,7 @@ impl<A: Activation> Backward<Flex, 1> for Elementwise<A> {
         };
         let input = f32s(&ops.state);
         let g = f32s(&grad);
-        let mut out = vec![0.0f32; g.len()];
+        let mut out = zeroed(g.len());
         out.par_chunks_mut(1 << 14)
             .zip(input.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
             .for_each(|(d, (x, g))| {
@@ -475,7 +475,7 @@ fn elementwise<A: Activation, const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>
     let xa = x.clone().try_into_primitive::<Ad>().ok()?;
     let input = contiguous_f32(xa.primitive())?;
     let values = f32s(&input);
-    let mut out = vec![0.0f32; values.len()];
+    let mut out = zeroed(values.len());
     out.par_chunks_mut(1 << 14)
         .zip(values.par_chunks(1 << 14))
         .for_each(|(d, s)| super::cpu_kernels::map_f32(d, s, A::value));
@@ -540,7 +540,7 @@ impl Backward<Flex, 3> for GroupNormSilu {
         let g = f32s(&grad);
         let gamma = f32s(&st.gamma);
         let beta = f32s(&st.beta);
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = zeroed(x.len());
         // Per (image, group): dx, and this group's contributions to dgamma and dbeta.
         let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
             .par_chunks_mut(per_group)
@@ -578,8 +578,8 @@ impl Backward<Flex, 3> for GroupNormSilu {
         if let Some(node) = px {
             grads.register::<Flex>(node.id, flex_from(dx, shape.as_slice()));
         }
-        let mut dgamma = vec![0.0f32; c];
-        let mut dbeta = vec![0.0f32; c];
+        let mut dgamma = zeroed(c);
+        let mut dbeta = zeroed(c);
         for (bg, (dg, db)) in partial.into_iter().enumerate() {
             let first = (bg % groups) * cpg;
             for i in 0..cpg {
@@ -739,7 +739,7 @@ impl Backward<Flex, 3> for LayerNormOp {
         let gamma = f32s(&st.gamma);
         let width = gamma.len();
         const ROWS_PER_TASK: usize = 32;
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = zeroed(x.len());
         // Per block of rows: dx, and the block's sums of dy * xhat (dgamma) and dy (dbeta).
         let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
             .par_chunks_mut(ROWS_PER_TASK * width)
@@ -859,7 +859,7 @@ impl Backward<Flex, 1> for CrossEntropyOp {
         let g = f32s(&grad);
         let classes = logits.len() / g.len().max(1);
         // d ce / d l = softmax(l) - onehot(target), per row, times the row's incoming gradient.
-        let mut dl = vec![0.0f32; logits.len()];
+        let mut dl = zeroed(logits.len());
         dl.par_chunks_mut(classes)
             .zip(logits.par_chunks(classes))
             .enumerate()
@@ -893,8 +893,8 @@ pub fn cross_entropy_rows<const D: usize, const E: usize>(
     let la = logits.clone().try_into_primitive::<Ad>().ok()?;
     let values = contiguous_f32(la.primitive())?;
     let l = f32s(&values);
-    let mut ce = vec![0.0f32; rows];
-    let mut log_sum_exp = vec![0.0f32; rows];
+    let mut ce = zeroed(rows);
+    let mut log_sum_exp = zeroed(rows);
     ce.par_iter_mut()
         .zip(log_sum_exp.par_iter_mut())
         .zip(l.par_chunks(classes))
@@ -957,7 +957,7 @@ impl Backward<Flex, 1> for AttentionCore {
         let qkv = f32s(&st.qkv);
         let d_out = f32s(&grad);
         let probs = &st.probs;
-        let mut d_qkv = vec![0.0f32; qkv.len()];
+        let mut d_qkv = zeroed(qkv.len());
         let d_addr = d_qkv.as_mut_ptr() as usize;
         (0..b * heads).into_par_iter().for_each(|task| {
             let (image, head) = (task / heads, task % heads);
@@ -971,7 +971,7 @@ impl Backward<Flex, 1> for AttentionCore {
                 qkv[base + 2 * w + col..].as_ptr(),
             );
             let d_base = d_addr as *mut f32;
-            let mut ds = vec![0.0f32; s * s];
+            let mut ds = zeroed(s * s);
             // SAFETY: all views are rows of hd values at the strides of `qkv` / `d_out` inside
             // their buffers; the destinations are this task's columns of `d_qkv` (q, k and v
             // slices of this head in this image), written by no other task.
