@@ -110,9 +110,10 @@ impl<const N: usize> Backward<Flex, N> for SameConv<N> {
             grads.register::<Flex>(node.id, flex_from(gx, &[batch, c, h, w]));
         }
         if let Some(node) = &ops.parents[1] {
-            // A 1x1 kernel's gradient is a single product, which the GEMM path does well; so is
-            // one over fewer than 8 input channels (an RGB image), where the register tile
-            // would be half empty (3.5 against 4.7 ms at the demo teacher's first convolution).
+            // A 1x1 kernel's gradient is a single product, which the GEMM path does well. Over
+            // fewer than 8 input channels (an RGB image) the register tile is half empty and the
+            // two paths measured within noise of each other at the demo teacher's first
+            // convolution (GEMMs / tiles: 3.5 / 4.7 ms in one run, 6.2 / 5.0 in another).
             let gw = if k > 1 && c >= 8 && super::weight_grad::available() {
                 super::weight_grad::weight_gradient(x, g, [batch, c, h, w], o, k)
             } else {
