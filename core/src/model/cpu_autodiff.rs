@@ -25,9 +25,9 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::cpu_kernels::{
-    SameConv as ConvOperands, attention_values, contiguous_f32, f32s, flex_from, gemm_strided,
-    gemm_threaded, group_norm_silu_values, group_stats, has_avx2, layer_norm_values, linear_values,
-    same_conv, same_conv_kernel, silu_f32, update_f32, zeroed,
+    SameConv as ConvOperands, attention_values, block_sums_2x2, contiguous_f32, f32s, flex_from,
+    gemm_strided, gemm_threaded, group_norm_silu_values, group_stats, has_avx2, layer_norm_values,
+    linear_values, same_conv, same_conv_kernel, silu_f32, update_f32, upsample_values, zeroed,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -926,6 +926,72 @@ pub fn cross_entropy_rows<const D: usize, const E: usize>(
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
+/// A 2x resampling of `[b, c, h, w]` planes recorded as one operation: nearest upsampling
+/// (`UPSAMPLE`) or 2x2 average pooling. Each one's gradient is the other's operation (block sums
+/// for the upsampling, the upsampling at 1/4 for the pooling). The state is the input's shape.
+#[derive(Debug)]
+struct Resample2x<const UPSAMPLE: bool>;
+
+impl<const UPSAMPLE: bool> Backward<Flex, 1> for Resample2x<UPSAMPLE> {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [Some(node)] = &ops.parents else {
+            return;
+        };
+        let Some(grad) = contiguous_f32(&grad) else {
+            return;
+        };
+        let [b, c, h, w] = ops.state;
+        let g = f32s(&grad);
+        let gx = if UPSAMPLE {
+            block_sums_2x2(g, 2 * w, 1.0)
+        } else {
+            let mut up = upsample_values(g, w / 2);
+            up.par_iter_mut().for_each(|v| *v *= 0.25);
+            up
+        };
+        grads.register::<Flex>(node.id, flex_from(gx, &[b, c, h, w]));
+    }
+}
+
+fn resample_2x<const UPSAMPLE: bool>(x: &Tensor<4>) -> Option<Tensor<4>> {
+    let [b, c, h, w] = x.dims();
+    if !UPSAMPLE && (h % 2 != 0 || w % 2 != 0) {
+        return None;
+    }
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let input = contiguous_f32(xa.primitive())?;
+    let (out, shape) = if UPSAMPLE {
+        (upsample_values(f32s(&input), w), [b, c, 2 * h, 2 * w])
+    } else {
+        (block_sums_2x2(f32s(&input), w, 0.25), [b, c, h / 2, w / 2])
+    };
+    let out = flex_from(out, &shape);
+    let result = match Resample2x::<UPSAMPLE>
+        .prepare::<NoCheckpointing>([xa.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish([b, c, h, w], out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
+
+/// `F.interpolate(x, scale_factor=2, mode="nearest")` recorded as one operation on
+/// `Autodiff<Flex>`; `None` elsewhere.
+pub fn upsample_nearest_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
+    resample_2x::<true>(x)
+}
+
+/// `F.avg_pool2d(x, 2)` on even planes recorded as one operation on `Autodiff<Flex>`; `None`
+/// elsewhere.
+pub fn avg_pool_2x2(x: &Tensor<4>) -> Option<Tensor<4>> {
+    resample_2x::<false>(x)
+}
+
 /// What the backward pass of the attention core keeps: its input and the probabilities.
 #[derive(Clone, Debug)]
 struct AttentionState {
@@ -1207,6 +1273,48 @@ mod tests {
             .assert_approx_eq::<f32>(&l2.grad(&g2).unwrap().into_data(), tol);
         // A target out of range is not this path's.
         assert!(cross_entropy_rows::<3, 2>(&logits, &[v as i64; 15]).is_none());
+    }
+
+    #[test]
+    fn resampling_gradients_match_burn() {
+        let ad = Device::flex().autodiff();
+        let x =
+            Tensor::<4>::random([2, 3, 4, 6], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let [b, c, h, w] = x.dims();
+        let r_up = Tensor::<4>::random([b, c, 2 * h, 2 * w], Distribution::Normal(0.0, 1.0), &ad);
+        let r_down = Tensor::<4>::random([b, c, h / 2, w / 2], Distribution::Normal(0.0, 1.0), &ad);
+        let tol = Tolerance::absolute(1e-5);
+        let up = upsample_nearest_2x(&x).expect("Autodiff<Flex> path");
+        let down = avg_pool_2x2(&x).expect("Autodiff<Flex> path");
+        let g =
+            ((up.clone() * r_up.clone()).sum() + (down.clone() * r_down.clone()).sum()).backward();
+        let x2 = x.clone().detach().require_grad();
+        let up2 = x2
+            .clone()
+            .reshape([b * c * h, 1, w, 1])
+            .expand([b * c * h, 2, w, 2])
+            .reshape([b, c, 2 * h, 2 * w]);
+        let down2 = x2
+            .clone()
+            .reshape([b * c * (h / 2), 2, w / 2, 2])
+            .sum_dim(3)
+            .sum_dim(1)
+            .mul_scalar(0.25)
+            .reshape([b, c, h / 2, w / 2]);
+        let g2 = ((up2.clone() * r_up).sum() + (down2.clone() * r_down).sum()).backward();
+        up.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&up2.inner().into_data(), tol);
+        down.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&down2.inner().into_data(), tol);
+        x.grad(&g)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&x2.grad(&g2).unwrap().into_data(), tol);
+        // Odd planes are not the pooling's.
+        let odd = Tensor::<4>::zeros([1, 1, 3, 4], &ad);
+        assert!(avg_pool_2x2(&odd).is_none());
     }
 
     #[test]

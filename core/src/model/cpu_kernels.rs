@@ -1142,13 +1142,20 @@ pub(crate) fn group_norm_silu_values(
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`.
 pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
+    if let Some(y) = super::cpu_autodiff::upsample_nearest_2x(&x) {
+        return y;
+    }
     let Some(input) = flex_values(&x) else {
         return x
             .reshape([b * c * h, 1, w, 1])
             .expand([b * c * h, 2, w, 2])
             .reshape([b, c, 2 * h, 2 * w]);
     };
-    let values = f32s(&input);
+    from_vec(upsample_values(f32s(&input), w), [b, c, 2 * h, 2 * w])
+}
+
+/// Each value of rows `w` wide repeated twice across and each row twice down.
+pub(crate) fn upsample_values(values: &[f32], w: usize) -> Vec<f32> {
     let mut out = zeroed(values.len() * 4);
     out.par_chunks_mut(4 * w)
         .zip(values.par_chunks(w))
@@ -1160,7 +1167,46 @@ pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
             }
             bottom.copy_from_slice(top);
         });
-    from_vec(out, [b, c, 2 * h, 2 * w])
+    out
+}
+
+/// `scale * ((a + b) + (c + d))` for every 2 x 2 block of planes whose rows are `w` (even) wide
+/// and whose row count is even: a 2x average pool at scale 1/4, the gradient of
+/// [`upsample_values`] at scale 1.
+pub(crate) fn block_sums_2x2(values: &[f32], w: usize, scale: f32) -> Vec<f32> {
+    let half = w / 2;
+    let mut out = zeroed(values.len() / 4);
+    out.par_chunks_mut(half)
+        .zip(values.par_chunks(2 * w))
+        .for_each(|(dst, src)| {
+            let (top, bottom) = src.split_at(w);
+            for (i, d) in dst.iter_mut().enumerate() {
+                let across = top[2 * i] + top[2 * i + 1];
+                let below = bottom[2 * i] + bottom[2 * i + 1];
+                *d = (across + below) * scale;
+            }
+        });
+    out
+}
+
+/// `F.avg_pool2d(x, 2)` on even planes: one recorded operation in training on the CPU backend,
+/// one pass in inference there, burn's reductions elsewhere.
+pub fn avg_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    if let Some(y) = super::cpu_autodiff::avg_pool_2x2(&x) {
+        return y;
+    }
+    match flex_values(&x) {
+        Some(input) if h % 2 == 0 && w % 2 == 0 => {
+            from_vec(block_sums_2x2(f32s(&input), w, 0.25), [b, c, h / 2, w / 2])
+        }
+        _ => x
+            .reshape([b * c * (h / 2), 2, w / 2, 2])
+            .sum_dim(3)
+            .sum_dim(1)
+            .mul_scalar(0.25)
+            .reshape([b, c, h / 2, w / 2]),
+    }
 }
 
 #[cfg(test)]
