@@ -18,7 +18,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
@@ -32,27 +32,49 @@ use super::cpu_kernels::{
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 
-/// Records `$op::<2>` (parents: input, weight) or `$op::<3>` (and bias) with `state` kept for the
-/// backward pass when a parent is tracked; evaluates to the autodiff primitive of `out`.
+/// Records `op` over `parents`, keeping `state` for its backward pass when a parent is tracked;
+/// the result is the autodiff tensor of `out`.
+fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+    op: O,
+    parents: [NodeGuard; N],
+    state: O::State,
+    out: FlexTensor,
+) -> Tensor<D> {
+    let result = match op
+        .prepare::<NoCheckpointing>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive::<Ad>(result)
+}
+
+/// The backward pass of a one-input operation: when the input is tracked, `gradient(state,
+/// dL/dout)` (the incoming gradient made contiguous f32) is registered as its gradient.
+fn backward_unary<S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    gradient: impl FnOnce(S, &FlexTensor) -> FlexTensor,
+) {
+    let grad = grads.consume::<Flex>(&ops.node);
+    let [Some(node)] = &ops.parents else {
+        return;
+    };
+    let Some(grad) = contiguous_f32(&grad) else {
+        return;
+    };
+    let id = node.id;
+    grads.register::<Flex>(id, gradient(ops.state, &grad));
+}
+
+/// [`record`] for `$op::<2>` (parents: input, weight) or `$op::<3>` (and bias).
 macro_rules! record_with_optional_bias {
     ($op:ident, $x:expr, $w:expr, $bias:expr, $state:expr, $out:expr) => {
         match $bias {
-            Some(b) => match $op::<3>
-                .prepare::<NoCheckpointing>([$x.node(), $w.node(), b.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish($state, $out),
-                OpsKind::UnTracked(prep) => prep.finish($out),
-            },
-            None => match $op::<2>
-                .prepare::<NoCheckpointing>([$x.node(), $w.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish($state, $out),
-                OpsKind::UnTracked(prep) => prep.finish($out),
-            },
+            Some(b) => record($op::<3>, [$x.node(), $w.node(), b.node()], $state, $out),
+            None => record($op::<2>, [$x.node(), $w.node()], $state, $out),
         }
     };
 }
@@ -246,8 +268,7 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         out_channels: o,
         k,
     };
-    let result = record_with_optional_bias!(SameConv, xa, wa, ba, state, out);
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record_with_optional_bias!(SameConv, xa, wa, ba, state, out))
 }
 
 /// What the backward pass of a linear layer keeps.
@@ -385,8 +406,7 @@ pub fn linear<const D: usize>(
         d_in,
         d_out,
     };
-    let result = record_with_optional_bias!(LinearOp, xa, wa, ba, state, out);
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record_with_optional_bias!(LinearOp, xa, wa, ba, state, out))
 }
 
 /// An element-wise activation: its value and derivative, inlined into the vectorised loops.
@@ -453,22 +473,16 @@ impl<A: Activation> Backward<Flex, 1> for Elementwise<A> {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [Some(node)] = &ops.parents else {
-            return;
-        };
-        let Some(grad) = contiguous_f32(&grad) else {
-            return;
-        };
-        let input = f32s(&ops.state);
-        let g = f32s(&grad);
-        let mut out = zeroed(g.len());
-        out.par_chunks_mut(1 << 14)
-            .zip(input.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
-            .for_each(|(d, (x, g))| {
-                super::cpu_kernels::map2_f32(d, x, g, |x, g| g * A::derivative(x));
-            });
-        grads.register::<Flex>(node.id, flex_from(out, ops.state.layout().shape()));
+        backward_unary(ops, grads, |input_tensor, grad| {
+            let (input, g) = (f32s(&input_tensor), f32s(grad));
+            let mut out = zeroed(g.len());
+            out.par_chunks_mut(1 << 14)
+                .zip(input.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+                .for_each(|(d, (x, g))| {
+                    super::cpu_kernels::map2_f32(d, x, g, |x, g| g * A::derivative(x));
+                });
+            flex_from(out, input_tensor.layout().shape())
+        });
     }
 }
 
@@ -481,15 +495,12 @@ fn elementwise<A: Activation, const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>
         .zip(values.par_chunks(1 << 14))
         .for_each(|(d, s)| super::cpu_kernels::map_f32(d, s, A::value));
     let out = flex_from(out, input.layout().shape());
-    let result = match Elementwise::<A>(std::marker::PhantomData)
-        .prepare::<NoCheckpointing>([xa.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(input, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record(
+        Elementwise::<A>(std::marker::PhantomData),
+        [xa.node()],
+        input,
+        out,
+    ))
 }
 
 /// `silu(x)` recorded as one operation on `Autodiff<Flex>`; `None` elsewhere.
@@ -701,15 +712,12 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: &Tensor<4>) -> Option<Tens
         groups,
         eps: norm.epsilon,
     };
-    let result = match GroupNormSilu
-        .prepare::<NoCheckpointing>([xa.node(), ga.node(), ba.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record(
+        GroupNormSilu,
+        [xa.node(), ga.node(), ba.node()],
+        state,
+        out,
+    ))
 }
 
 /// What the backward pass of a layer norm keeps: its input, gamma and each row's mean and
@@ -820,15 +828,12 @@ pub fn layer_norm<const D: usize>(
         gamma,
         stats: std::sync::Arc::new(stats),
     };
-    let result = match LayerNormOp
-        .prepare::<NoCheckpointing>([xa.node(), ga.node(), ba.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record(
+        LayerNormOp,
+        [xa.node(), ga.node(), ba.node()],
+        state,
+        out,
+    ))
 }
 
 /// What the backward pass of a cross-entropy keeps: the logits, the targets and each row's
@@ -848,30 +853,25 @@ impl Backward<Flex, 1> for CrossEntropyOp {
     type State = CrossEntropyState;
 
     fn backward(self, ops: Ops<CrossEntropyState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [Some(node)] = &ops.parents else {
-            return;
-        };
-        let Some(grad) = contiguous_f32(&grad) else {
-            return;
-        };
-        let st = ops.state;
-        let logits = f32s(&st.logits);
-        let g = f32s(&grad);
-        let classes = logits.len() / g.len().max(1);
-        // d ce / d l = softmax(l) - onehot(target), per row, times the row's incoming gradient.
-        let mut dl = zeroed(logits.len());
-        dl.par_chunks_mut(classes)
-            .zip(logits.par_chunks(classes))
-            .enumerate()
-            .for_each(|(row, (dst, src))| {
-                let (lse, scale) = (st.log_sum_exp[row], g[row]);
-                super::cpu_kernels::map_f32(dst, src, |v| {
-                    scale * super::cpu_kernels::exp_f32(v - lse)
+        backward_unary(ops, grads, |st, grad| {
+            let logits = f32s(&st.logits);
+            let g = f32s(grad);
+            let classes = logits.len() / g.len().max(1);
+            // d ce / d l = softmax(l) - onehot(target), per row, times the row's incoming
+            // gradient.
+            let mut dl = zeroed(logits.len());
+            dl.par_chunks_mut(classes)
+                .zip(logits.par_chunks(classes))
+                .enumerate()
+                .for_each(|(row, (dst, src))| {
+                    let (lse, scale) = (st.log_sum_exp[row], g[row]);
+                    super::cpu_kernels::map_f32(dst, src, |v| {
+                        scale * super::cpu_kernels::exp_f32(v - lse)
+                    });
+                    dst[st.targets[row]] -= scale;
                 });
-                dst[st.targets[row]] -= scale;
-            });
-        grads.register::<Flex>(node.id, flex_from(dl, st.logits.layout().shape()));
+            flex_from(dl, st.logits.layout().shape())
+        });
     }
 }
 
@@ -915,15 +915,7 @@ pub fn cross_entropy_rows<const D: usize, const E: usize>(
         targets: std::sync::Arc::new(targets),
         log_sum_exp: std::sync::Arc::new(log_sum_exp),
     };
-    let result = match CrossEntropyOp
-        .prepare::<NoCheckpointing>([la.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record(CrossEntropyOp, [la.node()], state, out))
 }
 
 /// A 2x resampling of `[b, c, h, w]` planes recorded as one operation: nearest upsampling
@@ -936,23 +928,17 @@ impl<const UPSAMPLE: bool> Backward<Flex, 1> for Resample2x<UPSAMPLE> {
     type State = [usize; 4];
 
     fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [Some(node)] = &ops.parents else {
-            return;
-        };
-        let Some(grad) = contiguous_f32(&grad) else {
-            return;
-        };
-        let [b, c, h, w] = ops.state;
-        let g = f32s(&grad);
-        let gx = if UPSAMPLE {
-            block_sums_2x2(g, 2 * w, 1.0)
-        } else {
-            let mut up = upsample_values(g, w / 2);
-            up.par_iter_mut().for_each(|v| *v *= 0.25);
-            up
-        };
-        grads.register::<Flex>(node.id, flex_from(gx, &[b, c, h, w]));
+        backward_unary(ops, grads, |[b, c, h, w], grad| {
+            let g = f32s(grad);
+            let gx = if UPSAMPLE {
+                block_sums_2x2(g, 2 * w, 1.0)
+            } else {
+                let mut up = upsample_values(g, w / 2);
+                up.par_iter_mut().for_each(|v| *v *= 0.25);
+                up
+            };
+            flex_from(gx, &[b, c, h, w])
+        });
     }
 }
 
@@ -969,15 +955,12 @@ fn resample_2x<const UPSAMPLE: bool>(x: &Tensor<4>) -> Option<Tensor<4>> {
         (block_sums_2x2(f32s(&input), w, 0.25), [b, c, h / 2, w / 2])
     };
     let out = flex_from(out, &shape);
-    let result = match Resample2x::<UPSAMPLE>
-        .prepare::<NoCheckpointing>([xa.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish([b, c, h, w], out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::from_primitive::<Ad>(result))
+    Some(record(
+        Resample2x::<UPSAMPLE>,
+        [xa.node()],
+        [b, c, h, w],
+        out,
+    ))
 }
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")` recorded as one operation on
