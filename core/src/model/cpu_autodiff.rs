@@ -764,12 +764,13 @@ impl Backward<Flex, 3> for LayerNormOp {
                     .zip(g.chunks_exact(width))
                     .zip(stats)
                 {
-                    // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat *
-                    // mean(dxhat * xhat)).
+                    // dxhat = dy * gamma into dx, then the group norm's finish: dx = rstd *
+                    // (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
                     let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f64, 0.0f64);
                     for i in 0..width {
                         let xhat = (x[i] - mean) * rstd;
                         let dxhat = g[i] * gamma[i];
+                        dx[i] = dxhat;
                         sum_dxhat += dxhat as f64;
                         sum_dxhat_xhat += (dxhat * xhat) as f64;
                         dgamma[i] += (g[i] * xhat) as f64;
@@ -777,10 +778,7 @@ impl Backward<Flex, 3> for LayerNormOp {
                     }
                     let m1 = (sum_dxhat / width as f64) as f32;
                     let m2 = (sum_dxhat_xhat / width as f64) as f32;
-                    for i in 0..width {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i] = rstd * (g[i] * gamma[i] - m1 - xhat * m2);
-                    }
+                    norm_backward_finish(dx, x, [mean, rstd, m1, m2]);
                 }
                 (dgamma, dbeta)
             })
