@@ -30,7 +30,7 @@ use super::cpu_kernels::{
     linear_values, same_conv, same_conv_kernel, silu_f32, update_f32, upsample_values, zeroed,
 };
 
-type Ad = Autodiff<Flex, NoCheckpointing>;
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
 
 /// Records `op` over `parents`, keeping `state` for its backward pass when a parent is tracked;
 /// the result is the autodiff tensor of `out`.
@@ -877,19 +877,25 @@ impl Backward<Flex, 1> for CrossEntropyOp {
 /// recorded as one operation on `Autodiff<Flex>`; `None` elsewhere or for a target out of range.
 pub fn cross_entropy_rows<const D: usize, const E: usize>(
     logits: &Tensor<D>,
-    targets: &[i64],
+    targets: &Tensor<E, burn::tensor::Int>,
 ) -> Option<Tensor<E>> {
     let dims = logits.dims();
     let classes = *dims.last()?;
     let rows: usize = dims[..D - 1].iter().product();
-    if E != D - 1 || targets.len() != rows || classes == 0 {
+    if E != D - 1 || targets.dims()[..] != dims[..D - 1] || classes == 0 {
         return None;
     }
-    let targets: Vec<usize> = targets
-        .iter()
-        .map(|&t| usize::try_from(t).ok().filter(|&t| t < classes))
-        .collect::<Option<_>>()?;
+    // Checked before the targets are read: elsewhere (a GPU) reading them would be a transfer.
     let la = logits.clone().try_into_primitive::<Ad>().ok()?;
+    let targets: Vec<usize> = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .ok()?
+        .into_iter()
+        .map(|t| usize::try_from(t).ok().filter(|&t| t < classes))
+        .collect::<Option<_>>()?;
     let values = contiguous_f32(la.primitive())?;
     let l = f32s(&values);
     let mut ce = zeroed(rows);
@@ -1229,15 +1235,18 @@ mod tests {
         let logits =
             Tensor::<3>::random([b, n, v], Distribution::Normal(0.0, 4.0), &ad).require_grad();
         let targets: Vec<i64> = (0..b * n).map(|i| (i * 7 % v) as i64).collect();
+        let ids = |values: Vec<i64>| {
+            Tensor::<2, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(values, [b, n]),
+                &ad,
+            )
+        };
         let r = Tensor::<2>::random([b, n], Distribution::Normal(0.0, 1.0), &ad);
-        let fast: Tensor<2> = cross_entropy_rows(&logits, &targets).expect("Autodiff<Flex> path");
+        let fast: Tensor<2> =
+            cross_entropy_rows(&logits, &ids(targets.clone())).expect("Autodiff<Flex> path");
         let g = (fast.clone() * r.clone()).sum().backward();
         let l2 = logits.clone().detach().require_grad();
-        let t = Tensor::<2, burn::tensor::Int>::from_data(
-            burn::tensor::TensorData::new(targets.clone(), [b, n]),
-            &ad,
-        )
-        .reshape([b, n, 1]);
+        let t = ids(targets).reshape([b, n, 1]);
         let slow = burn::tensor::activation::log_softmax(l2.clone(), 2)
             .gather(2, t)
             .reshape([b, n])
@@ -1253,7 +1262,7 @@ mod tests {
             .into_data()
             .assert_approx_eq::<f32>(&l2.grad(&g2).unwrap().into_data(), tol);
         // A target out of range is not this path's.
-        assert!(cross_entropy_rows::<3, 2>(&logits, &[v as i64; 15]).is_none());
+        assert!(cross_entropy_rows::<3, 2>(&logits, &ids(vec![v as i64; b * n])).is_none());
     }
 
     #[test]

@@ -39,11 +39,8 @@ pub(crate) fn cpu_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     if let Some(values) = flex_values(t) {
         return Some(values);
     }
-    type Ad = burn::backend::autodiff::Autodiff<
-        Flex,
-        burn::backend::autodiff::checkpoint::strategy::NoCheckpointing,
-    >;
-    contiguous_f32(t.clone().try_into_primitive::<Ad>().ok()?.primitive())
+    let tracked = t.clone().try_into_primitive::<super::cpu_autodiff::Ad>();
+    contiguous_f32(tracked.ok()?.primitive())
 }
 
 /// `t` itself when it is f32, contiguous and starts at offset 0; a contiguous copy when it is f32

@@ -46,12 +46,7 @@ pub fn token_cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor
     // On the CPU backend in training, one recorded operation (rows in parallel, no softmax
     // materialised forward); burn's log_softmax is several single-threaded passes each way.
     if logits.is_require_grad()
-        && let Ok(ids) = targets
-            .clone()
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-        && let Some(ce) = crate::model::cpu_autodiff::cross_entropy_rows(&logits, &ids)
+        && let Some(ce) = crate::model::cpu_autodiff::cross_entropy_rows(&logits, &targets)
     {
         return ce;
     }
