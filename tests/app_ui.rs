@@ -80,6 +80,55 @@ fn reconstruct_view_scrubs_through_the_steps() {
     });
 }
 
+/// Picks T in the scrubber's menu, as a user does (the view reads the trace of the new T in
+/// the same frame as the menu changes it).
+fn choose_steps(h: &mut Harness<'static, StudioApp>, from: usize, to: usize) {
+    let current = format!("{from} steps");
+    h.get(
+        egui_kittest::kittest::by()
+            .role(egui::accesskit::Role::ComboBox)
+            .value(&current),
+    )
+    .click();
+    // The menu opens over the next frames.
+    for _ in 0..3 {
+        h.step();
+    }
+    h.get_by_label(&format!("{to} steps")).click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().settings.steps, to);
+}
+
+#[test]
+fn raising_and_lowering_t_reconstructs_again_without_a_crash() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| !a.gallery.images.is_empty());
+    wait_until(&mut h, "the first reconstruction", |a| {
+        trace_ready(a, Slot::A)
+    });
+    // Up (8 -> 16: this panicked with "the len is 8 but the index is 15"), down, up again.
+    for (from, to) in [(8, 16), (16, 4), (4, 8)] {
+        choose_steps(&mut h, from, to);
+        wait_until(&mut h, "the reconstruction at the new T", |a| {
+            trace_ready(a, Slot::A)
+        });
+        h.get_by_label_contains(&format!("Step {to}/{to}"));
+    }
+    // The same in Compare, with two models.
+    h.get_by_label("Compare").click();
+    h.step();
+    wait_until(&mut h, "both reconstructions", |a| {
+        trace_ready(a, Slot::A) && trace_ready(a, Slot::B)
+    });
+    choose_steps(&mut h, 8, 16);
+    wait_until(&mut h, "both reconstructions at T = 16", |a| {
+        trace_ready(a, Slot::A) && trace_ready(a, Slot::B)
+    });
+    h.get_by_label_contains("A: step 16");
+    h.get_by_label_contains("B: step 16");
+}
+
 #[test]
 fn compare_view_shows_both_models_and_their_difference() {
     let mut h = harness();

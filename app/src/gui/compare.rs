@@ -21,11 +21,12 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.label("Open an image (or add the samples) to compare the models on it.");
         return;
     };
+    // The scrubber may change T: the traces to show are the ones for T after it.
+    scrubber_ui(app, ui);
     let key = app.current_key(image_id);
     for slot in Slot::BOTH {
         app.request_trace(slot, &key);
     }
-    scrubber_ui(app, ui);
     ui.separator();
     let step = app.scrub.step.min(app.settings.steps);
     let ctx = ui.ctx().clone();
@@ -42,6 +43,7 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 let textures = cached.textures(&ctx);
                 let (original, steps) = (textures.original.clone(), textures.steps.clone());
                 let data = &cached.data;
+                let step = step.min(data.num_steps()).min(steps.len());
                 match step {
                     0 => {
                         ui.label(format!(
@@ -64,6 +66,7 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         }
         if let [(_, a), (_, b)] = shown.as_slice()
             && step > 0
+            && step <= a.steps.len().min(b.steps.len())
             && a.original.dimensions() == b.original.dimensions()
         {
             ui.vertical(|ui| {
@@ -102,8 +105,12 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         .collect();
     let series: Vec<(&str, &Vec<[f64; 2]>)> = curves.iter().map(|(n, c)| (n.as_str(), c)).collect();
     let teacher = shown.iter().find_map(|(_, d)| d.teacher_psnr_db);
+    let blocks = shown
+        .first()
+        .map(|(_, d)| d.block_psnr_db.clone())
+        .unwrap_or_default();
     ui.horizontal(|ui| {
-        psnr_plot_ui(ui, "psnr-compare", &series, step, teacher);
+        psnr_plot_ui(ui, "psnr-compare", &series, step, teacher, &blocks);
         ui.vertical(|ui| {
             for (slot, d) in &shown {
                 if let Some(acc) = d.proxy_accuracy() {

@@ -19,9 +19,10 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.label("Open an image (or add the samples) to reconstruct it.");
         return;
     };
+    // The scrubber may change T: the trace to show is the one for T after it.
+    scrubber_ui(app, ui);
     let key = app.current_key(image_id);
     app.request_trace(Slot::A, &key);
-    scrubber_ui(app, ui);
     ui.separator();
     let ctx = ui.ctx().clone();
     let step = app.scrub.step.min(app.settings.steps);
@@ -39,6 +40,8 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         textures.teacher.clone(),
     );
     let data = cached.data.clone();
+    // Never past the steps this trace has (T and the trace can differ for one frame).
+    let step = step.min(data.num_steps()).min(steps.len());
 
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
@@ -102,6 +105,7 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 &[("A", &data.psnr_curve())],
                 step,
                 data.teacher_psnr_db,
+                &data.block_psnr_db,
             );
             if let Some(acc) = data.proxy_accuracy() {
                 ui.label(format!(
@@ -157,10 +161,10 @@ pub fn scrubber_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.label("Steps T:");
         let before = app.settings.steps;
         egui::ComboBox::from_id_salt("steps-t")
-            .selected_text(app.settings.steps.to_string())
+            .selected_text(format!("{} steps", app.settings.steps))
             .show_ui(ui, |ui| {
                 for t in [1, 2, 4, 8, 12, 16, 24, 32] {
-                    ui.selectable_value(&mut app.settings.steps, t, t.to_string());
+                    ui.selectable_value(&mut app.settings.steps, t, format!("{t} steps"));
                 }
             });
         if app.settings.steps != before {
@@ -355,6 +359,7 @@ pub fn psnr_plot_ui(
     series: &[(&str, &Vec<[f64; 2]>)],
     step: usize,
     teacher_db: Option<f64>,
+    block_db: &[(u32, f64)],
 ) {
     Plot::new(id.to_string())
         .width(360.0)
@@ -386,6 +391,20 @@ pub fn psnr_plot_ui(
                         PlotPoints::from(vec![[1.0, t], [series_len(series) as f64, t]]),
                     )
                     .style(egui_plot::LineStyle::dashed_loose()),
+                );
+            }
+            for &(block, db) in block_db {
+                plot.line(
+                    Line::new(
+                        format!("{block}x{block} block means"),
+                        PlotPoints::from(vec![[1.0, db], [series_len(series) as f64, db]]),
+                    )
+                    .color(if block == 4 {
+                        Color32::from_gray(150)
+                    } else {
+                        Color32::from_gray(100)
+                    })
+                    .style(egui_plot::LineStyle::dashed_dense()),
                 );
             }
             if step > 0 {

@@ -40,6 +40,9 @@ pub struct TraceData {
     /// The teacher's own reconstruction of the input.
     pub teacher: Option<RgbImage>,
     pub teacher_psnr_db: Option<f64>,
+    /// PSNR of the image's own 4x4 and 8x8 block means (`eval::references`): what a model must
+    /// beat to have learnt anything beyond coarse colour.
+    pub block_psnr_db: Vec<(u32, f64)>,
     /// The teacher's codes of the input (to compare the committed ids with).
     pub teacher_ids: Option<Vec<i64>>,
     /// The 1-D latent tokens' OptVQ ids.
@@ -100,6 +103,13 @@ impl TraceData {
             .map(|t| tensor_to_images(t).remove(0));
         TraceData {
             teacher_psnr_db: teacher.as_ref().map(|t| psnr(&original, t)),
+            block_psnr_db: [4, 8]
+                .into_iter()
+                .map(|b| {
+                    let reference = sftok_core::eval::references::block_means(&original, b);
+                    (b, psnr(&original, &reference))
+                })
+                .collect(),
             teacher,
             teacher_ids: trace.teacher_ids.as_ref().map(|ids| ids[0].clone()),
             latent_ids: trace.latent_ids.first().cloned().unwrap_or_default(),

@@ -4,6 +4,7 @@ pub mod frechet;
 pub mod inception;
 pub mod metrics;
 pub mod plot;
+pub mod references;
 pub mod report;
 
 pub use report::{EvalOptions, EvalReport, FidFeatures, evaluate};

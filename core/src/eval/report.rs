@@ -69,6 +69,15 @@ pub struct TeacherMetrics {
     pub rfid: Option<f64>,
 }
 
+/// A trivial reference (`eval::references`): no model, just the image's mean colour or its
+/// block means, on the same crops.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceMetrics {
+    pub name: String,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub data: PathBuf,
@@ -80,6 +89,8 @@ pub struct EvalReport {
     pub results: BTreeMap<String, BTreeMap<String, StepMetrics>>,
     /// The teacher of each model, keyed like `results`.
     pub teacher: BTreeMap<String, TeacherMetrics>,
+    /// The trivial references at the first model's metric size (mean colour, block means).
+    pub references: Vec<ReferenceMetrics>,
     /// "on", or why rFID was not computed.
     pub rfid: String,
     /// Model labels in the order given (JSON maps are sorted; tables and plots keep this order).
@@ -155,6 +166,7 @@ pub fn evaluate(
         steps: opts.steps.clone(),
         results: BTreeMap::new(),
         teacher: BTreeMap::new(),
+        references: Vec::new(),
         rfid: rfid_status.to_string(),
         order: models.iter().map(|(l, _)| l.clone()).collect(),
     };
@@ -173,6 +185,9 @@ pub fn evaluate(
                 image::imageops::resize(&im, metric_size, metric_size, FilterType::CatmullRom)
             }
         };
+        if report.references.is_empty() {
+            report.references = reference_metrics(&references);
+        }
         let mut latent_use = CodeHistogram::new(loaded.config.quantizer.codebook_size);
         let mut teacher_use = CodeHistogram::new(loaded.config.vqgan.num_embeddings);
         let mut recons: Vec<Vec<RgbImage>> = vec![Vec::new(); opts.steps.len()];
@@ -275,6 +290,27 @@ pub fn evaluate(
     Ok(report)
 }
 
+/// PSNR and SSIM of each trivial reference, averaged over `images`.
+pub fn reference_metrics(images: &[RgbImage]) -> Vec<ReferenceMetrics> {
+    let per_image: Vec<Vec<(String, RgbImage)>> = images
+        .iter()
+        .map(crate::eval::references::references)
+        .collect();
+    let Some(first) = per_image.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|k| {
+            let recon: Vec<RgbImage> = per_image.iter().map(|r| r[k].1.clone()).collect();
+            ReferenceMetrics {
+                name: first[k].0.clone(),
+                psnr: mean_pairwise(images, &recon, psnr),
+                ssim: mean_pairwise(images, &recon, ssim),
+            }
+        })
+        .collect()
+}
+
 /// Mean of a pairwise metric; PSNR of identical pairs (infinite) is capped at 100 dB so that one
 /// perfect image does not make the mean infinite.
 fn mean_pairwise(a: &[RgbImage], b: &[RgbImage], metric: fn(&RgbImage, &RgbImage) -> f64) -> f64 {
@@ -333,6 +369,15 @@ impl EvalReport {
                 );
             }
         }
+        for r in &self.references {
+            s += &format!(
+                "| reference: {} | - | {:.2} | {:.4} | - | - | - |{}\n",
+                r.name,
+                r.psnr,
+                r.ssim,
+                if fid { " - |" } else { "" },
+            );
+        }
         if !fid {
             s += &format!("\nrFID: {}\n", self.rfid);
         }
@@ -360,8 +405,19 @@ impl EvalReport {
         let panel = |title: &str,
                      decimals: usize,
                      pick: fn(&StepMetrics) -> f64,
-                     teacher: fn(&TeacherMetrics) -> f64| {
+                     teacher: fn(&TeacherMetrics) -> f64,
+                     reference: fn(&ReferenceMetrics) -> f64| {
             let mut series = Vec::new();
+            // The references in greys, darker for the better ones.
+            for (i, r) in self.references.iter().enumerate() {
+                let grey = (200 - 40 * i.min(4)) as u8;
+                series.push(Series {
+                    label: format!("reference: {}", r.name),
+                    points: vec![(first, reference(r)), (last, reference(r))],
+                    dashed: true,
+                    colour: [grey, grey, grey],
+                });
+            }
             for (i, label) in self.order.iter().enumerate() {
                 let colour = PALETTE[i % PALETTE.len()];
                 if let Some(rows) = self.results.get(label) {
@@ -394,8 +450,8 @@ impl EvalReport {
             }
         };
         render(&[
-            panel("PSNR (dB)", 2, |m| m.psnr, |t| t.psnr),
-            panel("SSIM", 3, |m| m.ssim, |t| t.ssim),
+            panel("PSNR (dB)", 2, |m| m.psnr, |t| t.psnr, |r| r.psnr),
+            panel("SSIM", 3, |m| m.ssim, |t| t.ssim, |r| r.ssim),
         ])
     }
 }
