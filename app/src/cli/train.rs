@@ -55,7 +55,8 @@ pub struct Args {
     /// Training crops: shorter side resized to size x U[1, max_scale] before the random crop.
     #[arg(long, default_value_t = 1.0)]
     pub max_scale: f32,
-    /// Step from which the adversarial loss is on (teacher, stage 3); default: half-way.
+    /// Step from which the adversarial loss is on (teacher, stage 3); default: off for the
+    /// teacher, half-way for stage 3.
     #[arg(long)]
     pub gan_start: Option<u64>,
     /// Turn the adversarial loss off.
@@ -67,6 +68,21 @@ pub struct Args {
     /// LPIPS linear-layer weights (vgg.pth) for the perceptual loss.
     #[arg(long, requires = "vgg16")]
     pub lpips: Option<PathBuf>,
+    /// Held-out images measured during training (PSNR, proxy-code accuracy, code use; live and
+    /// EMA weights), logged as `heldout_*` in metrics.jsonl: the learning curve to watch.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Steps between held-out measurements (and at the end).
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: u64,
+    /// Teacher: how the codebook learns: `ema` (k-means start, moving average of the encoder
+    /// outputs; the default) or `gradient` (the plain VQGAN codebook loss, which collapses when
+    /// trained from scratch).
+    #[arg(long, default_value = "ema", value_parser = ["ema", "gradient"])]
+    pub codebook: String,
+    /// Teacher: codes unused for this many steps are moved onto encoder outputs (0: never).
+    #[arg(long, default_value_t = 100)]
+    pub dead_code_window: u64,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
     #[arg(long, default_value_t = 200)]
@@ -174,6 +190,12 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
         });
         config.perceptual_status = "on".into();
     }
+    config.eval_data = args.eval_data.clone();
+    config.eval_every = args.eval_every;
+    if args.codebook == "gradient" {
+        config.codebook_ema_decay = None;
+    }
+    config.dead_code_window = args.dead_code_window;
     config.log_every = args.log_every;
     config.preview_every = args.preview_every;
     config.checkpoint_every = args.checkpoint_every;
@@ -208,6 +230,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             stop.stop();
         });
     }
+    let total = config.steps;
+    let mut reported_skips = 0;
     let bar = ProgressBar::new(config.steps);
     bar.set_style(
         ProgressStyle::with_template(
@@ -217,13 +241,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}", args.stage));
+    // Without a terminal (a log file, nohup, CI) the bar draws nothing, and neither does its
+    // `println`: every message then goes to stderr as a plain line, and the metric rows stand in
+    // for the bar.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: String| {
+        if terminal {
+            bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    };
     let mut emit = |event: TrainEvent| match event {
         TrainEvent::Started {
             resumed_from,
             device,
             ..
         } => {
-            bar.println(format!(
+            say(format!(
                 "training on {device}{}",
                 resumed_from.map_or(String::new(), |s| format!(", resumed from step {s}"))
             ));
@@ -241,26 +276,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bar.set_message(format!("{loss:.4}, {images_per_sec:.1} img/s"));
         }
         TrainEvent::SkippedFiles(files) => {
-            if let Some((path, reason)) = files.last() {
-                bar.println(format!(
-                    "skipped unreadable file {} ({reason}); {} so far",
-                    path.display(),
-                    files.len()
+            // Every file skipped since the last report, not only the newest.
+            for (path, reason) in files.iter().skip(reported_skips) {
+                say(format!(
+                    "skipped unreadable file {} ({reason})",
+                    path.display()
                 ));
+            }
+            reported_skips = files.len();
+            say(format!("{} unreadable files skipped so far", files.len()));
+        }
+        TrainEvent::Metrics(row) => {
+            let held: Vec<String> = row
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.strip_prefix("heldout_")?, v.as_f64()?)))
+                .map(|(k, v)| format!("{} {v:.3}", k.replace('_', " ")))
+                .collect();
+            let step = row.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
+            if !terminal {
+                let loss = row.get("loss").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                say(format!("step {step}/{total}: loss {loss:.4}"));
+            }
+            if !held.is_empty() {
+                say(format!("held-out at step {step}: {}", held.join(", ")));
             }
         }
         TrainEvent::Checkpoint { step, path } => {
-            bar.println(format!("checkpoint at step {step}: {}", path.display()))
+            say(format!("checkpoint at step {step}: {}", path.display()))
         }
-        TrainEvent::Stopped { step, model_dir } => bar.abandon_with_message(format!(
-            "stopped at step {step}; model in {}",
-            model_dir.display()
-        )),
-        TrainEvent::Finished { step, model_dir } => bar.finish_with_message(format!(
-            "finished at step {step}; model in {}",
-            model_dir.display()
-        )),
-        TrainEvent::Failed { message } => bar.abandon_with_message(format!("failed: {message}")),
+        TrainEvent::Stopped { step, model_dir } => {
+            let line = format!("stopped at step {step}; model in {}", model_dir.display());
+            bar.abandon_with_message(line.clone());
+            if !terminal {
+                eprintln!("{line}");
+            }
+        }
+        TrainEvent::Finished { step, model_dir } => {
+            let line = format!("finished at step {step}; model in {}", model_dir.display());
+            bar.finish_with_message(line.clone());
+            if !terminal {
+                eprintln!("{line}");
+            }
+        }
+        TrainEvent::Failed { message } => {
+            bar.abandon_with_message(format!("failed: {message}"));
+            if !terminal {
+                eprintln!("failed: {message}");
+            }
+        }
         _ => {}
     };
     train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;

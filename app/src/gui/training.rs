@@ -85,7 +85,7 @@ impl Default for TrainSettings {
             log_every: 10,
             preview_every: 200,
             checkpoint_every: 500,
-            no_gan: false,
+            no_gan: true,
         }
     }
 }
@@ -810,8 +810,13 @@ impl TrainingPanel {
                     ui.end_row();
                     if matches!(s.stage, StageKind::Teacher | StageKind::Stage3) {
                         ui.label("Adversarial loss");
-                        ui.checkbox(&mut s.no_gan, "off")
-                            .on_hover_text("by default it starts half-way through the run");
+                        // Ticked means on: "off" beside a tick read as the opposite (issue 18).
+                        let mut on = !s.no_gan;
+                        ui.checkbox(&mut on, "on (GAN)").on_hover_text(
+                            "a PatchGAN discriminator from half-way through the run; sharper \
+                             images, lower PSNR",
+                        );
+                        s.no_gan = !on;
                         ui.end_row();
                     }
                 });

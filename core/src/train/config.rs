@@ -112,6 +112,17 @@ pub struct TrainConfig {
     pub gan: GanConfig,
     /// Teacher: codes unused for this many steps are restarted from encoder outputs.
     pub dead_code_window: u64,
+    /// Teacher: the codebook is k-means-initialised from encoder outputs and updated as an
+    /// exponential moving average with this decay (`train::codebook`); `None`: by gradient
+    /// descent on the codebook loss (the official loss; it collapses when trained from scratch).
+    #[serde(default)]
+    pub codebook_ema_decay: Option<f64>,
+    /// Held-out images measured during training (PSNR, proxy-code accuracy, code use), live
+    /// and EMA weights, every `eval_every` steps; logged in `metrics.jsonl` as `heldout_*`.
+    #[serde(default)]
+    pub eval_data: Option<PathBuf>,
+    #[serde(default)]
+    pub eval_every: u64,
 }
 
 impl TrainConfig {
@@ -142,7 +153,15 @@ impl TrainConfig {
         };
         let gan = match stage {
             StageKind::Teacher | StageKind::Stage3 => GanConfig {
-                start_step: steps / 2,
+                // The teacher's GAN is off unless asked for (`--gan-start`): its targets are
+                // reconstruction fidelity (PSNR against the block-mean and k-means references),
+                // which the adversarial term lowers, and on a few hundred photos the
+                // discriminator wins within a few hundred steps. Stage 3 keeps the paper's.
+                start_step: if stage == StageKind::Teacher {
+                    u64::MAX
+                } else {
+                    steps / 2
+                },
                 weight: if stage == StageKind::Stage3 { 0.5 } else { 0.1 },
                 lecam_weight: 0.001,
                 lr,
@@ -182,7 +201,10 @@ impl TrainConfig {
             perceptual_weight: 1.0,
             perceptual_status: "off: no VGG16/LPIPS weights given (--vgg16, --lpips)".into(),
             gan,
-            dead_code_window: 200,
+            dead_code_window: 100,
+            codebook_ema_decay: (stage == StageKind::Teacher).then_some(0.99),
+            eval_data: None,
+            eval_every: 250,
         }
     }
 }

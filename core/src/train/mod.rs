@@ -1,9 +1,11 @@
 //! Training: every stage of the paper's recipe and the teacher, as a library with an event stream
 //! and a stop handle (the CLI and the app drive the same trainer).
 
+pub mod codebook;
 pub mod config;
 pub mod ema;
 pub mod events;
+pub mod heldout;
 pub mod masking;
 pub mod optim;
 pub mod pixel_step;

@@ -26,6 +26,7 @@ use crate::error::{Result, SftokError};
 pub const RUN_CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const STATE_FILE: &str = "state.json";
+pub const EXTRA_FILE: &str = "extra.json";
 
 /// Where training resumes: everything that is not a tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,12 @@ pub struct ResumeState {
     pub ema_updates: u64,
     /// Images seen so far.
     pub images_seen: u64,
+}
+
+/// The writer lock of a run directory ([`RunDir::lock`]).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
 }
 
 /// The paths of a run directory.
@@ -78,6 +85,63 @@ impl RunDir {
             std::fs::create_dir_all(&dir).map_err(|e| SftokError::io(&dir, e))?;
         }
         Ok(())
+    }
+
+    /// Takes the run's writer lock (`<run>/.lock`, an advisory `flock`), held until the
+    /// returned guard is dropped: a second training on the same folder is refused at once instead
+    /// of both writing checkpoints and metrics (issue 17). The kernel releases the lock when the
+    /// process dies, so a killed run never leaves a stale lock.
+    pub fn lock(&self) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.root).map_err(|e| SftokError::io(&self.root, e))?;
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SftokError::io(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns.
+            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if locked != 0 {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(SftokError::Other(format!(
+                    "another training is writing to {}{}; wait for it to finish (or stop it), or choose another run folder",
+                    self.root.display(),
+                    if holder.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (process {})", holder.trim())
+                    }
+                )));
+            }
+        }
+        let mut file = file;
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        self.remove_leftovers();
+        Ok(RunLock { _file: file })
+    }
+
+    /// Temporary files and folders of writers that were killed (checkpoint folders, the model
+    /// directory's atomic writes). Only called under the run's lock.
+    fn remove_leftovers(&self) {
+        for dir in [self.checkpoints_dir(), self.model_dir(), self.root.clone()] {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".tmp-")) {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        }
     }
 
     /// Appends one line to `metrics.jsonl` (flushed, so a viewer can follow it live).
@@ -132,22 +196,33 @@ impl RunDir {
         self.checkpoints().pop()
     }
 
-    /// Writes a checkpoint atomically: `files` (name -> tensors) and the resume state, into a
-    /// temporary folder that is renamed to `step_<N>`; then keeps only the newest `keep`.
+    /// Writes a checkpoint atomically: `files` (name -> tensors), `extra` (`extra.json`, the
+    /// non-tensor training state) and the resume state, into a temporary folder that is renamed
+    /// to `step_<N>`; then keeps only the newest `keep`. Everything a resume reads is inside the
+    /// folder before the rename, so a kill at any point leaves either the whole checkpoint or none.
     pub fn write_checkpoint(
         &self,
         state: &ResumeState,
         files: &[(&str, &StateDict)],
+        extra: Option<&[u8]>,
         keep: usize,
     ) -> Result<PathBuf> {
         let dir = self.checkpoints_dir();
         std::fs::create_dir_all(&dir).map_err(|e| SftokError::io(&dir, e))?;
+        // Temporary folders left by killed writers of this run (only one process writes a run).
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let name = format!("step_{:08}", state.step);
         let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| SftokError::io(&tmp, e))?;
         for (file, tensors) in files {
             write_synced(&tmp.join(file), &safetensors_bytes(tensors, None)?)?;
+        }
+        if let Some(extra) = extra {
+            write_synced(&tmp.join(EXTRA_FILE), extra)?;
         }
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
         // The state file goes last: a folder with it is complete.
@@ -219,7 +294,7 @@ mod tests {
         let mut sd = StateDict::new();
         sd.insert("w".into(), StoredTensor::f32(vec![2], vec![1.0, 2.0]));
         for step in 1..=4 {
-            run.write_checkpoint(&state(step), &[("model.safetensors", &sd)], 2)
+            run.write_checkpoint(&state(step), &[("model.safetensors", &sd)], None, 2)
                 .unwrap();
         }
         let steps: Vec<u64> = run.checkpoints().iter().map(|c| c.0).collect();
@@ -238,7 +313,7 @@ mod tests {
         run.create().unwrap();
         let mut sd = StateDict::new();
         sd.insert("w".into(), StoredTensor::f32(vec![1], vec![7.0]));
-        run.write_checkpoint(&state(10), &[("model.safetensors", &sd)], 3)
+        run.write_checkpoint(&state(10), &[("model.safetensors", &sd)], None, 3)
             .unwrap();
         // What a process killed during the next write leaves: a temporary folder with a
         // truncated weights file and no state file, and a final-looking folder without state.
@@ -252,6 +327,24 @@ mod tests {
             RunDir::read_checkpoint_file(&path, "model.safetensors").unwrap(),
             sd
         );
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_leftovers_are_removed() {
+        let run = RunDir::new(temp_dir("lock"));
+        run.create().unwrap();
+        let leftover = run.checkpoints_dir().join(".tmp-step_00000020-999");
+        std::fs::create_dir_all(&leftover).unwrap();
+        std::fs::create_dir_all(run.model_dir()).unwrap();
+        let tmp_file = run.model_dir().join(".config.json.tmp-123");
+        std::fs::write(&tmp_file, b"x").unwrap();
+        let first = run.lock().unwrap();
+        assert!(!leftover.exists() && !tmp_file.exists());
+        let e = run.lock().unwrap_err().to_string();
+        assert!(e.contains("another training"), "{e}");
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+        drop(first);
+        run.lock().unwrap();
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! which would leave SFTok's decoder almost nothing to predict. Every `dead_code_window` steps,
 //! the codes that no image used during the window are restarted at encoder outputs drawn from the
 //! current batch (the "random restart" of Dhariwal et al., Jukebox, 2020). Utilisation (share of
-//! codes used in the window) and perplexity are logged so the effect is visible.
+//! codes used in the window) and perplexity are logged so the effect is visible. By default the
+//! codebook itself is not learnt by gradient descent but as a moving average (`train::codebook`).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -141,21 +142,36 @@ pub fn restart_dead_codes(
     if dead.is_empty() || rows == 0 {
         return teacher;
     }
-    let mut teacher = teacher;
-    let weight = teacher.quantize.embedding.weight.val();
-    let device = weight.device();
-    let [v, c] = weight.dims();
-    let mut values = weight
-        .clone()
-        .inner()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
+    let mut values = codebook_values(&teacher);
+    let c = teacher.quantize.embedding.weight.dims()[1];
     for &code in dead {
         let row = rng.random_range(0..rows);
         values[code * c..(code + 1) * c].copy_from_slice(&latents[row * dim..(row + 1) * dim]);
     }
+    set_codebook(teacher, values)
+}
+
+/// The codebook `[V * Zc]`, row-major, on the host.
+pub fn codebook_values(teacher: &Vqgan) -> Vec<f32> {
+    teacher
+        .quantize
+        .embedding
+        .weight
+        .val()
+        .inner()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Replaces the codebook's values (`[V * Zc]`, row-major), keeping the parameter's id (so the
+/// optimiser and the EMA still know it) and whether it requires gradients.
+pub fn set_codebook(teacher: Vqgan, values: Vec<f32>) -> Vqgan {
+    let mut teacher = teacher;
+    let weight = teacher.quantize.embedding.weight.val();
+    let device = weight.device();
+    let [v, c] = weight.dims();
     let require_grad = weight.is_require_grad();
     let (id, _, mapper) = teacher.quantize.embedding.weight.consume();
     let mut t = Tensor::<2>::from_data(TensorData::new(values, [v, c]), &device);

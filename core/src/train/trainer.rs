@@ -15,14 +15,18 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 
+use super::codebook::CodebookEma;
 use super::config::{StageKind, TrainConfig};
 use super::ema::Ema;
 use super::events::{StopHandle, TrainEvent};
+use super::heldout::{HeldOut, teacher_entries, tokenizer_entries};
 use super::masking::MaskDraw;
 use super::optim::{AdamW, LrSchedule, clip_coefficient, grad_norm};
 use super::pixel_step::stage3_forward;
 use super::run_dir::{ResumeState, RunDir};
-use super::teacher_step::{CodeUsage, perplexity, restart_dead_codes, teacher_forward};
+use super::teacher_step::{
+    CodeUsage, codebook_values, perplexity, restart_dead_codes, set_codebook, teacher_forward,
+};
 use super::token_step::{TokenStage, proxy_accuracy, token_step};
 use crate::checkpoint::files::read_weights;
 use crate::checkpoint::model_dir::fill_pixel_parts_from_teacher;
@@ -61,6 +65,9 @@ struct Progress {
     disc: Option<(PatchDiscriminator, AdamW)>,
     lecam: LeCam,
     usage: CodeUsage,
+    /// The teacher's moving-average codebook (`None` before the first step, or when the
+    /// codebook is learnt by gradient descent).
+    codebook: Option<CodebookEma>,
 }
 
 /// Reads the teacher from a model directory (with `teacher.safetensors`) or a run directory
@@ -176,6 +183,8 @@ fn train_inner(
 ) -> Result<TrainOutcome> {
     let device = &devices[0];
     let run = RunDir::new(run_dir);
+    // One writer per run folder, for the whole run.
+    let _lock = run.lock()?;
     let latest = run.latest_checkpoint();
     if resume {
         let saved = std::fs::read_to_string(run.config_path())
@@ -212,6 +221,10 @@ fn train_inner(
 
     let ad = device.clone().autodiff();
     let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let heldout = match &config.eval_data {
+        Some(dir) => Some(HeldOut::load(dir, config.model.image_size)?),
+        None => None,
+    };
 
     // The frozen teacher (stages 1 and 2 need its codes).
     let teacher: Option<Vqgan> = match (&config.teacher, config.stage) {
@@ -257,6 +270,7 @@ fn train_inner(
         }),
         lecam: LeCam::new(0.999),
         usage: CodeUsage::new(config.model.vqgan.num_embeddings),
+        codebook: None,
     };
     let mut resumed_from = None;
     if resume && let Some((step, path)) = &latest {
@@ -328,6 +342,10 @@ fn train_inner(
         let mut extra = serde_json::Map::new();
         let mut fakes_for_disc: Vec<(Tensor<4>, Tensor<4>)> = Vec::new();
         let mut restart_latents: Option<Vec<f32>> = None;
+        // (codes, encoder outputs) of every micro-batch, for the moving-average codebook.
+        let mut assigned: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
+        let restart_step =
+            config.dead_code_window > 0 && (step + 1).is_multiple_of(config.dead_code_window);
         let gan_on = config.gan.start_step != u64::MAX && step >= config.gan.start_step;
 
         for _ in 0..config.grad_accum.max(1) {
@@ -337,8 +355,7 @@ fn train_inner(
                 MaskDraw::sample(&mut rng, batch.batch_size, config.model.num_proxy_codes())
             });
             let wants_latents = matches!(trainee, Trainee::Teacher(_))
-                && config.dead_code_window > 0
-                && (step + 1).is_multiple_of(config.dead_code_window);
+                && (restart_step || config.codebook_ema_decay.is_some());
             let context = ShardContext {
                 config: &config,
                 gan_on,
@@ -453,9 +470,14 @@ fn train_inner(
                 }
                 previews.extend(out.preview);
             }
-            if latents.is_some() {
+            if let Some(latents) = latents {
+                if config.codebook_ema_decay.is_some() {
+                    assigned.push((codes.clone(), latents.clone()));
+                }
                 // Dead codes are restarted after the update (below), at this micro-batch's latents.
-                restart_latents = latents;
+                if restart_step {
+                    restart_latents = Some(latents);
+                }
             }
             if !previews.is_empty() {
                 let (origs, recons): (Vec<_>, Vec<_>) = previews.into_iter().unzip();
@@ -494,20 +516,65 @@ fn train_inner(
         } / micro;
         let scale = clip_coefficient(norm, config.grad_clip) / micro;
         let lr = schedule.lr(step);
-        trainee = on_compute_pool(&ad, || {
-            let trainee = match trainee {
-                Trainee::Teacher(m) => {
-                    Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale))
-                }
-                Trainee::Tokenizer(m) => {
-                    Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
-                }
-            };
-            match &trainee {
-                Trainee::Teacher(m) => progress.ema.update(m),
-                Trainee::Tokenizer(m) => progress.ema.update(m),
+        trainee = on_compute_pool(&ad, || match trainee {
+            Trainee::Teacher(m) => Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale)),
+            Trainee::Tokenizer(m) => {
+                Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
             }
-            trainee
+        });
+
+        // The teacher's codebook: moving average, and the guard against codebook collapse. Both
+        // change the live weights, so they come before the weights' EMA sees them.
+        if let Trainee::Teacher(m) = trainee {
+            let dim = config.model.vqgan.z_channels;
+            let dead = restart_latents
+                .as_ref()
+                .map(|_| progress.usage.dead(step, config.dead_code_window));
+            if let Some(dead) = &dead {
+                extra.insert("restarted_codes".into(), json!(dead.len()));
+            }
+            let m = match (config.codebook_ema_decay, progress.codebook.as_mut()) {
+                (Some(decay), None) => {
+                    // First step of a run: codes at k-means centres of this batch's encoder
+                    // outputs (a fresh teacher), or at the current codes (one that starts from
+                    // trained weights, whose codebook must not be thrown away).
+                    let v = config.model.vqgan.num_embeddings;
+                    let ema = match (&config.init, assigned.last()) {
+                        (None, Some((_, latents))) => {
+                            CodebookEma::from_latents(latents, dim, v, decay, &mut rng)
+                        }
+                        _ => CodebookEma {
+                            decay,
+                            dim,
+                            counts: vec![1.0; v],
+                            sums: codebook_values(&m).iter().map(|&x| x as f64).collect(),
+                        },
+                    };
+                    let values = ema.vectors();
+                    progress.codebook = Some(ema);
+                    set_codebook(m, values)
+                }
+                (Some(_), Some(ema)) => {
+                    for (codes, latents) in &assigned {
+                        ema.update(codes, latents);
+                    }
+                    if let (Some(dead), Some(latents)) = (&dead, &restart_latents) {
+                        ema.restart(dead, latents, &mut rng);
+                    }
+                    set_codebook(m, ema.vectors())
+                }
+                (None, _) => match (&dead, &restart_latents) {
+                    (Some(dead), Some(latents)) => {
+                        restart_dead_codes(m, dead, latents, dim, &mut rng)
+                    }
+                    _ => m,
+                },
+            };
+            trainee = Trainee::Teacher(m);
+        }
+        on_compute_pool(&ad, || match &trainee {
+            Trainee::Teacher(m) => progress.ema.update(m),
+            Trainee::Tokenizer(m) => progress.ema.update(m),
         });
         progress.state.ema_updates = progress.ema.updates;
 
@@ -540,19 +607,6 @@ fn train_inner(
             progress.disc = Some((disc, disc_optim));
         }
 
-        // The teacher's guard against codebook collapse.
-        if let (Trainee::Teacher(m), Some(latents)) = (&trainee, restart_latents.take()) {
-            let dead = progress.usage.dead(step, config.dead_code_window);
-            extra.insert("restarted_codes".into(), json!(dead.len()));
-            let restarted = restart_dead_codes(
-                m.clone(),
-                &dead,
-                &latents,
-                config.model.vqgan.z_channels,
-                &mut rng,
-            );
-            trainee = Trainee::Teacher(restarted);
-        }
         if matches!(trainee, Trainee::Teacher(_)) {
             extra.insert(
                 "codebook_utilisation".into(),
@@ -591,7 +645,29 @@ fn train_inner(
                     .collect(),
             ));
         }
-        if step.is_multiple_of(config.log_every.max(1)) || step == config.steps {
+        let eval_now = config.eval_every > 0
+            && (step.is_multiple_of(config.eval_every) || step == config.steps);
+        if let (Some(held), true) = (&heldout, eval_now) {
+            let entries = on_compute_pool(device, || match &trainee {
+                Trainee::Teacher(m) => {
+                    teacher_entries(held, m, &progress.ema.apply_to(m.clone()), device)
+                }
+                Trainee::Tokenizer(m) => tokenizer_entries(
+                    held,
+                    m,
+                    &progress.ema.apply_to(m.clone()),
+                    teacher.as_ref(),
+                    device,
+                ),
+            });
+            for (name, value) in entries {
+                extra.insert(name, json!(value));
+            }
+        }
+        if step.is_multiple_of(config.log_every.max(1))
+            || step == config.steps
+            || (eval_now && heldout.is_some())
+        {
             let mut row = serde_json::Map::new();
             row.insert("step".into(), json!(step));
             for (name, v) in &terms {
@@ -731,7 +807,12 @@ fn run_shard(
             codes = out.codes.clone();
             let (loss, mut parts) =
                 pixel_losses(config, &x, &out.reconstruction, lpips, disc, ctx.gan_on);
-            let loss = loss + out.codebook_loss.clone() + out.commitment_loss.clone();
+            // With the moving-average codebook the codes are not learnt from this loss.
+            let loss = if config.codebook_ema_decay.is_some() {
+                loss + out.commitment_loss.clone()
+            } else {
+                loss + out.codebook_loss.clone() + out.commitment_loss.clone()
+            };
             parts.push(("codebook_loss", scalar(&out.codebook_loss)));
             parts.push(("commitment_loss", scalar(&out.commitment_loss)));
             if ctx.wants_latents {
@@ -996,10 +1077,15 @@ fn checkpoint(
         "disc_optim_steps": progress.disc.as_ref().map(|d| d.1.steps),
         "lecam": progress.lecam,
         "usage": progress.usage,
+        "codebook_ema": progress.codebook,
     });
     let extras_bytes = serde_json::to_vec_pretty(&extras).expect("serialises");
-    let path = run.write_checkpoint(&progress.state, &files, config.keep_checkpoints)?;
-    crate::checkpoint::files::write_atomic(&path.join("extra.json"), &extras_bytes)?;
+    let path = run.write_checkpoint(
+        &progress.state,
+        &files,
+        Some(&extras_bytes),
+        config.keep_checkpoints,
+    )?;
 
     // Publish the EMA weights (the ones evaluated) as a model directory.
     let out = run.model_dir();
@@ -1092,6 +1178,9 @@ fn restore(
     }
     if let Ok(usage) = serde_json::from_value(extras["usage"].clone()) {
         progress.usage = usage;
+    }
+    if let Ok(codebook) = serde_json::from_value(extras["codebook_ema"].clone()) {
+        progress.codebook = codebook;
     }
     progress.state = state;
     Ok(())

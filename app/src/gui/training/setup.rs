@@ -137,6 +137,10 @@ pub fn config_from_settings(s: &TrainSettings, run_dir: &Path) -> Result<TrainCo
     args.preview_every = s.preview_every;
     args.checkpoint_every = s.checkpoint_every.max(1);
     args.no_gan = s.no_gan;
+    if !s.no_gan && args.gan_start.is_none() {
+        // Ticked: on from half-way, for the teacher too (whose CLI default is off).
+        args.gan_start = Some(args.steps / 2);
+    }
     config_from_args(&args).map_err(|e| gui_words(&format!("{e:#}")))
 }
 

@@ -14,7 +14,7 @@ use super::setup::{
     gui_words, resume_config, timestamp,
 };
 use super::*;
-use crate::cli::train::Args;
+use crate::cli::train::{Args, config_from_args};
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/samples");
 const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/models/default");
@@ -90,7 +90,10 @@ fn default_settings_are_the_command_lines() {
     assert_eq!(s.log_every, args.log_every);
     assert_eq!(s.preview_every, args.preview_every);
     assert_eq!(s.checkpoint_every, args.checkpoint_every);
-    assert_eq!(s.no_gan, args.no_gan);
+    // The GAN: off by default in both (the form's tick means on; the teacher's CLI default is
+    // off, and `--gan-start` turns it on).
+    assert!(s.no_gan);
+    assert_eq!(config_from_args(&args).unwrap().gan.start_step, u64::MAX);
     assert_eq!(args.data, Path::new("d"));
     assert_eq!(args.out, Path::new("o"));
     // A path that looks like a flag is still a path.
@@ -159,12 +162,10 @@ fn configurations_from_settings() {
         (c.steps, c.batch_size, c.data.as_path()),
         (40, 3, data.as_path())
     );
-    assert_eq!(c.gan.start_step, 20);
+    assert_eq!(c.gan.start_step, u64::MAX, "the GAN is off unless ticked");
+    s.no_gan = false;
+    assert_eq!(config_from_settings(&s, &run).unwrap().gan.start_step, 20);
     s.no_gan = true;
-    assert_eq!(
-        config_from_settings(&s, &run).unwrap().gan.start_step,
-        u64::MAX
-    );
 
     // Stage 1 needs a teacher, and takes its code grid.
     s.stage = StageKind::Stage1;

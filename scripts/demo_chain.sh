@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Trains the bundled demo models (assets/models/{teacher,sfvr,vanilla}) in resumable parts.
+#
+#   scripts/demo_chain.sh PART [PART ...]
+#
+# PART: teacher | stage1 | sfvr | vanilla | bundle | eval
+# Each training part resumes its run when the run folder already holds checkpoints, so a part
+# cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
+# `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
+#
+# Environment: DATA (training photos, default ../shared/data/train), EVAL (held-out photos,
+# default ../shared/data/eval), RUNS (run folders, default runs), DEVICE (auto, cpu or wgpu),
+# SFTOK (the command, default: the release build of this checkout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-../shared/data/train}
+EVAL=${EVAL:-../shared/data/eval}
+RUNS=${RUNS:-runs}
+DEVICE=${DEVICE:-auto}
+SFTOK=${SFTOK:-cargo run --release -q -p sftok-app --}
+
+# The lengths of the bundled chain (steps at batch 16).
+TEACHER_STEPS=${TEACHER_STEPS:-3000}
+STAGE1_STEPS=${STAGE1_STEPS:-2000}
+STAGE2_STEPS=${STAGE2_STEPS:-1500}
+
+# `--resume` when the run has a checkpoint, so the same command starts or continues a part.
+resume_flag() {
+  if compgen -G "$1/checkpoints/step_*/state.json" >/dev/null; then echo --resume; fi
+}
+
+train() {
+  local out=$1
+  shift
+  # shellcheck disable=SC2046
+  $SFTOK train "$@" --out "$out" --data "$DATA" --eval-data "$EVAL" --device "$DEVICE" \
+    --batch-size 16 --max-scale 2 $(resume_flag "$out")
+}
+
+for part in "$@"; do
+  case $part in
+    teacher)
+      train "$RUNS/teacher" teacher --preset demo --steps "$TEACHER_STEPS"
+      ;;
+    stage1)
+      train "$RUNS/stage1" stage1 --preset demo --teacher "$RUNS/teacher" --steps "$STAGE1_STEPS"
+      ;;
+    sfvr)
+      train "$RUNS/sfvr" stage2 --init "$RUNS/stage1" --steps "$STAGE2_STEPS"
+      ;;
+    vanilla)
+      train "$RUNS/vanilla" stage2 --init "$RUNS/stage1" --vanilla --steps "$STAGE2_STEPS"
+      ;;
+    bundle)
+      mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
+      cp "$RUNS/teacher/model/config.json" "$RUNS/teacher/model/teacher.safetensors" assets/models/teacher/
+      for m in sfvr vanilla; do
+        cp "$RUNS/$m/model/config.json" "$RUNS/$m/model/model.safetensors" \
+          "$RUNS/$m/model/teacher.safetensors" "assets/models/$m/"
+      done
+      ;;
+    eval)
+      $SFTOK eval --model assets/models/sfvr --model assets/models/vanilla --data "$EVAL" \
+        --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
+      ;;
+    *)
+      echo "unknown part $part: use teacher, stage1, sfvr, vanilla, bundle or eval" >&2
+      exit 2
+      ;;
+  esac
+done
