@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod curves;
 mod eval;
 mod fid;
 mod import;
@@ -35,6 +36,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Train a stage: teacher, stage1 (warm-up), stage2 (SFVR or --vanilla), stage3 (decoder fine-tuning).
     Train(train::Args),
+    /// Plot learning curves (held-out PSNR, perplexity, proxy accuracy, loss) of runs as a PNG.
+    Curves(curves::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +53,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Curves(args) => curves::run(args),
         Command::App(args) => crate::gui::run_with(args.view),
     }
 }

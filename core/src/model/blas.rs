@@ -329,4 +329,140 @@ mod tests {
         assert_eq!(operand(4, 1, [1, 0]), Some((NO_TRANS, 1)));
         assert_eq!(operand(4, 1, [0, 1]), None, "a broadcast column");
     }
+
+    /// Shapes `[m, n, k]` of the products the models make (demo and SFTok-B linear layers and
+    /// attention, convolution products and weight gradients, with the blocks the threaded
+    /// products are cut into) and odd sizes around the kernels' tiles.
+    const MODEL_SHAPES: &[[usize; 3]] = &[
+        [1536, 512, 128],
+        [1536, 128, 512],
+        [128, 512, 1536],
+        [512, 384, 128],
+        [4096, 32, 288],
+        [32, 288, 4096],
+        [1024, 64, 576],
+        [64, 576, 1024],
+        [321, 768, 768],
+        [321, 3072, 768],
+        [64, 321, 64],
+        [16, 1024, 32],
+        [48, 512, 128],
+        [17, 33, 65],
+        [1, 129, 257],
+        [255, 1, 31],
+    ];
+
+    /// Calls the BLAS for every model shape and layout from many threads at once, `rounds`
+    /// times, each product in buffers with guard zones on both sides, and checks every result
+    /// against the `gemm` crate and every guard zone: a write outside its buffer (a wrong leading
+    /// dimension, a wrong block split, a library that is not safe to call concurrently) fails it.
+    fn concurrent_products(rounds: usize) {
+        if !available() {
+            eprintln!("skipped: {}", backend());
+            return;
+        }
+        const GUARD: usize = 4096;
+        const CANARY: f32 = -7.25e7;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .expect("a pool");
+        let jobs: Vec<([usize; 3], bool)> = MODEL_SHAPES
+            .iter()
+            .flat_map(|&s| [(s, false), (s, true)])
+            .collect();
+        pool.install(|| {
+            use rayon::prelude::*;
+            (0..rounds * jobs.len()).into_par_iter().for_each(|job| {
+                let ([m, n, k], transposed) = jobs[job % jobs.len()];
+                // Row-major operands, or column-major ones (the layouts the kernels pass).
+                let (ls, rs, ds) = if transposed {
+                    ([1, m], [1, k], [1, m])
+                } else {
+                    ([k, 1], [n, 1], [n, 1])
+                };
+                let guarded = |len: usize, seed: u32| {
+                    let mut v = vec![CANARY; len + 2 * GUARD];
+                    v[GUARD..GUARD + len].copy_from_slice(&values(len, seed));
+                    v
+                };
+                let lhs = guarded(m * k, job as u32);
+                let rhs = guarded(k * n, job as u32 + 1);
+                let mut dst = guarded(m * n, job as u32 + 2);
+                let mut want = dst[GUARD..GUARD + m * n].to_vec();
+                // SAFETY: each buffer holds exactly what its strides reach, past the guard.
+                let done = unsafe {
+                    sgemm(
+                        [m, n, k],
+                        (dst.as_mut_ptr().add(GUARD), ds),
+                        true,
+                        (lhs.as_ptr().add(GUARD), ls),
+                        (rhs.as_ptr().add(GUARD), rs),
+                        0.5,
+                    )
+                };
+                assert!(done, "{m}x{n}x{k} refused");
+                // SAFETY: as above, on the plain slices.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        want.as_mut_ptr(),
+                        ds[1] as isize,
+                        ds[0] as isize,
+                        true,
+                        lhs.as_ptr().add(GUARD),
+                        ls[1] as isize,
+                        ls[0] as isize,
+                        rhs.as_ptr().add(GUARD),
+                        rs[1] as isize,
+                        rs[0] as isize,
+                        1.0,
+                        0.5,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                for (name, buf, len) in [
+                    ("lhs", &lhs, m * k),
+                    ("rhs", &rhs, k * n),
+                    ("dst", &dst, m * n),
+                ] {
+                    let outside = buf[..GUARD].iter().chain(&buf[GUARD + len..]);
+                    assert!(
+                        outside.into_iter().all(|&x| x == CANARY),
+                        "{m}x{n}x{k} (transposed {transposed}): a write outside {name}"
+                    );
+                }
+                for (i, (g, w)) in dst[GUARD..GUARD + m * n].iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                        "{m}x{n}x{k} (transposed {transposed}) element {i}: {g}, want {w}"
+                    );
+                }
+            });
+        });
+    }
+
+    #[test]
+    fn concurrent_products_stay_in_bounds_and_match() {
+        concurrent_products(2);
+    }
+
+    /// The same, long, for a memory checker:
+    /// `valgrind --error-exitcode=1 <test binary> --ignored concurrent_products_soak`
+    /// (`scripts/blas_soak.sh`).
+    #[test]
+    #[ignore]
+    fn concurrent_products_soak() {
+        concurrent_products(
+            std::env::var("SFTOK_BLAS_SOAK_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(40),
+        );
+    }
 }
