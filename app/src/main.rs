@@ -4,6 +4,8 @@ use clap::Parser;
 use sftok_app::cli;
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: the first statement of main: no other thread exists yet.
+    unsafe { sftok_core::model::blas::prefer_best_core_at_startup() };
     // Before any model runs: reuse freed layer outputs instead of faulting in fresh pages.
     sftok_core::device::keep_freed_memory();
     let args = cli::Cli::parse();

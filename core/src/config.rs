@@ -295,7 +295,7 @@ impl SftokConfig {
             encoder: vit(8, 32, 1, 2),
             decoder: vit(8, 32, 1, 2),
             quantizer: small_quantizer(64, 8),
-            vqgan: small_vqgan(32, vec![1, 1, 1, 1], 1, 8, 64),
+            vqgan: small_vqgan(32, vec![1, 1, 1, 1], 1, 8, 64, 32),
             layernorm_eps: 1e-5,
         }
     }
@@ -309,7 +309,11 @@ impl SftokConfig {
             encoder: vit(8, 128, 4, 4),
             decoder: vit(8, 128, 4, 4),
             quantizer: small_quantizer(1024, 12),
-            vqgan: small_vqgan(32, vec![1, 2, 2, 4], 1, 32, 512),
+            // 8 groups: at 32 channels the official 32 groups would normalise each channel on
+            // its own over the image (an instance norm), which erases every channel's mean: the
+            // image's colour then cannot pass the encoder's or the decoder's last norm. The
+            // official teacher has 4 channels per group at its first level; so does this one.
+            vqgan: small_vqgan(32, vec![1, 2, 2, 4], 1, 32, 512, 8),
             layernorm_eps: 1e-5,
         }
     }
@@ -584,6 +588,7 @@ fn small_vqgan(
     res_blocks: usize,
     z: usize,
     vocab: usize,
+    groups: usize,
 ) -> VqganConfig {
     VqganConfig {
         hidden_channels: hidden,
@@ -591,7 +596,7 @@ fn small_vqgan(
         num_res_blocks: res_blocks,
         z_channels: z,
         num_embeddings: vocab,
-        groupnorm_groups: 32,
+        groupnorm_groups: groups,
         groupnorm_eps: 1e-6,
         commitment_cost: 0.25,
     }

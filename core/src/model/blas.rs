@@ -19,8 +19,10 @@
 //! that cannot be expressed in CBLAS's terms (no unit stride in either dimension, or a dimension
 //! past `i32`) returns `false` and the caller uses the `gemm` crate.
 
-use std::ffi::{c_float, c_int};
+use std::ffi::{CStr, c_char, c_float, c_int};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
@@ -44,6 +46,79 @@ type Sgemm = unsafe extern "C" fn(
 );
 type SetThreads = unsafe extern "C" fn(c_int);
 type GetParallel = unsafe extern "C" fn() -> c_int;
+type GetCorename = unsafe extern "C" fn() -> *const c_char;
+
+/// OpenBLAS kernels older than AVX2. On a CPU that the library does not know, OpenBLAS 0.3.21
+/// (Debian 12) falls back to `Prescott` (SSE3) even when the CPU has AVX-512: on a 2-core Xeon
+/// (family 6, model 207) that made an SFTok-B reconstruction 4.1x slower than PyTorch, against
+/// 1.14x with the right core (issue 19).
+const PRE_AVX2_CORES: &[&str] = &[
+    "prescott",
+    "core2",
+    "penryn",
+    "dunnington",
+    "nehalem",
+    "sandybridge",
+    "atom",
+    "katmai",
+    "coppermine",
+    "northwood",
+    "banias",
+    "opteron",
+    "barcelona",
+    "bobcat",
+    "bulldozer",
+    "piledriver",
+    "athlon",
+    "generic",
+];
+
+fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Asks OpenBLAS for its AVX-512 kernels (`OPENBLAS_CORETYPE=SkylakeX`) on a CPU with AVX-512,
+/// unless the user chose a core or turned the BLAS off. OpenBLAS reads the variable once, when
+/// it is loaded, so this must run before the first product; and since changing the environment
+/// is only sound while no other thread runs, it is for the start of `main` (the `sftok` binary
+/// calls it first thing). Elsewhere (tests, a library user) a fallback core is detected after
+/// loading instead, and the library is then not used ([`backend`] says why).
+///
+/// # Safety
+/// No other thread may be running (reading or writing the environment).
+pub unsafe fn prefer_best_core_at_startup() {
+    let off =
+        std::env::var("SFTOK_BLAS").is_ok_and(|v| matches!(v.trim(), "off" | "none" | "0" | ""));
+    if off || std::env::var_os("OPENBLAS_CORETYPE").is_some() || !cpu_has_avx512() {
+        return;
+    }
+    // SAFETY: the caller guarantees a single thread.
+    unsafe { std::env::set_var("OPENBLAS_CORETYPE", "SkylakeX") };
+}
+
+/// Why the last library that was found is not used, if one was refused.
+static REFUSED: OnceLock<String> = OnceLock::new();
 
 struct Blas {
     sgemm: Sgemm,
@@ -53,6 +128,29 @@ struct Blas {
 }
 
 static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+
+/// Products running in the library now, and whether the process is exiting.
+///
+/// Why: OpenBLAS frees its buffers and stops its threads in a library destructor, which runs
+/// when the process exits, whatever other threads are doing. A thread of ours still inside
+/// `cblas_sgemm` then writes into freed memory: the `app_ui` test binary aborted with "corrupted
+/// size vs. prev_size" after its tests had passed (issue 19). A C program that exits while three
+/// threads run 256^3 products crashed 10 times of 40 with the core OpenBLAS picks here (AMD EPYC,
+/// Zen) and 25 of 40 with `OPENBLAS_CORETYPE=Prescott`, the core it falls back to on CPUs it does
+/// not know; with the exit handler below, 0 of 40 in all four settings. The handler is registered
+/// after the library is opened, so it runs before the library's destructor: it closes the door to
+/// new calls (they take the `gemm` crate instead) and waits for the ones in flight.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static CLOSING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn quiesce_at_exit() {
+    CLOSING.store(true, Ordering::SeqCst);
+    // A product takes milliseconds; a bound keeps a wedged library from hanging the exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
 
 /// The names tried when `SFTOK_BLAS` is unset: OpenBLAS as distributions install it (Debian's
 /// threaded builds by their own paths too, in case the default is the sequential build).
@@ -107,6 +205,32 @@ fn open(name: &str, named: bool) -> Option<Blas> {
     // SAFETY: `cblas_sgemm` has this signature in every CBLAS (LP64; an ILP64 build exports the
     // symbol with a suffix, so it is not picked up here).
     let sgemm: Sgemm = unsafe { *library.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
+    // SAFETY: `openblas_get_corename` takes nothing and returns a static C string.
+    let core = unsafe { library.get::<GetCorename>(b"openblas_get_corename\0") }
+        .ok()
+        .map(|f| unsafe { f() })
+        .filter(|p| !p.is_null())
+        .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
+    if let Some(core) = &core
+        && cpu_has_avx2()
+        && PRE_AVX2_CORES.contains(&core.to_ascii_lowercase().as_str())
+    {
+        let advice = format!(
+            "{name} chose its {core} kernels, made for CPUs without AVX2, on this CPU with {}; \
+             the built-in products are faster. Set OPENBLAS_CORETYPE={} to use it",
+            if cpu_has_avx512() { "AVX-512" } else { "AVX2" },
+            if cpu_has_avx512() {
+                "SkylakeX"
+            } else {
+                "Haswell"
+            },
+        );
+        if !named {
+            let _ = REFUSED.set(advice);
+            return None;
+        }
+        eprintln!("warning: {advice}");
+    }
     for setter in [
         &b"openblas_set_num_threads\0"[..],
         b"MKL_Set_Num_Threads\0",
@@ -117,9 +241,14 @@ fn open(name: &str, named: bool) -> Option<Blas> {
             unsafe { set(1) };
         }
     }
+    // SAFETY: registers a handler that only touches two atomics (see `IN_FLIGHT`).
+    unsafe { libc::atexit(quiesce_at_exit) };
     Some(Blas {
         sgemm,
-        description: format!("BLAS {name}"),
+        description: match core {
+            Some(core) => format!("BLAS {name} (OpenBLAS, {core} kernels)"),
+            None => format!("BLAS {name}"),
+        },
         _library: library,
     })
 }
@@ -127,7 +256,10 @@ fn open(name: &str, named: bool) -> Option<Blas> {
 /// What does the CPU matrix products: the BLAS library found, or the `gemm` crate.
 pub fn backend() -> String {
     blas().map_or_else(
-        || "gemm crate (no system BLAS; install OpenBLAS for faster products)".to_string(),
+        || match REFUSED.get() {
+            Some(why) => format!("gemm crate ({why})"),
+            None => "gemm crate (no system BLAS; install OpenBLAS for faster products)".to_string(),
+        },
         |b| b.description.clone(),
     )
 }
@@ -209,6 +341,13 @@ pub(crate) unsafe fn sgemm(
         return false;
     };
     let beta = if accumulate { 1.0 } else { 0.0 };
+    // Enter, then check the door (in that order, both SeqCst: either the exit handler sees this
+    // call in flight, or this call sees the door closed).
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    if CLOSING.load(Ordering::SeqCst) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
     // SAFETY: the caller vouches for the memory; the operands were checked to be CBLAS matrices
     // with those leading dimensions. With beta 0 the BLAS does not read dst.
     unsafe {
@@ -216,6 +355,7 @@ pub(crate) unsafe fn sgemm(
             ROW_MAJOR, ta, tb, mi, ni, ki, scale, lhs, lda, rhs, ldb, beta, dst, ldc,
         )
     };
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     true
 }
 
@@ -445,6 +585,63 @@ mod tests {
                 }
             });
         });
+    }
+
+    /// A process that exits while threads are inside the library (what a test binary does when
+    /// its last test returns with a model worker still busy) must exit cleanly. The test runs
+    /// itself as a child 20 times; each child starts three threads of 256^3 products and exits
+    /// after 30-50 ms. Without the exit handler, 10 of 40 such exits crashed here.
+    #[test]
+    fn exiting_while_products_run_is_clean() {
+        const CHILD: &str = "SFTOK_BLAS_EXIT_CHILD";
+        if !available() {
+            eprintln!("skipped: {}", backend());
+            return;
+        }
+        if std::env::var_os(CHILD).is_some() {
+            let n = 256;
+            for t in 0..3u32 {
+                std::thread::spawn(move || {
+                    let (a, b) = (values(n * n, t), values(n * n, t + 7));
+                    let mut c = vec![0.0f32; n * n];
+                    loop {
+                        // SAFETY: n x n row-major buffers.
+                        unsafe {
+                            sgemm(
+                                [n, n, n],
+                                (c.as_mut_ptr(), [n, 1]),
+                                false,
+                                (a.as_ptr(), [n, 1]),
+                                (b.as_ptr(), [n, 1]),
+                                1.0,
+                            )
+                        };
+                    }
+                });
+            }
+            let pause = 30 + std::process::id() as u64 % 20;
+            std::thread::sleep(Duration::from_millis(pause));
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut failures = Vec::new();
+        for _ in 0..20 {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "model::blas::tests::exiting_while_products_run_is_clean",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .expect("the child runs");
+            if !out.status.success() {
+                failures.push(format!("{:?}", out.status));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "children that exited mid-product crashed: {failures:?}"
+        );
     }
 
     #[test]
