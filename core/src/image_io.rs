@@ -14,6 +14,14 @@ use image::{ImageReader, Limits, RgbImage};
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 /// Images with a side shorter than this are refused: there is nothing to reconstruct.
 pub const MIN_IMAGE_SIDE: u32 = 8;
+/// Images with more pixels than this are refused before decoding (a 2 MB PNG can declare
+/// 16384 x 16384 RGBA16: 2 GiB decoded, 18.7 s before it was resized to 64 px; issue 17).
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+/// Files larger than this are not read (no supported photo comes near it; a sparse or endless
+/// file would otherwise be read whole).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 512 << 20;
+/// Memory the decoder may allocate for one image.
+const MAX_DECODE_ALLOC: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -28,7 +36,7 @@ pub enum ImageError {
     )]
     Decode { path: PathBuf, detail: String },
     #[error(
-        "{path} is {width}x{height} pixels; images larger than {MAX_IMAGE_SIDE} pixels on a side are refused. Downscale it first."
+        "{path} is {width}x{height} pixels; images larger than {MAX_IMAGE_SIDE} pixels on a side or {MAX_IMAGE_PIXELS} pixels in all are refused. Downscale it first."
     )]
     TooLarge {
         path: PathBuf,
@@ -45,15 +53,54 @@ pub enum ImageError {
     },
     #[error("cannot write {path}: {detail}")]
     Write { path: PathBuf, detail: String },
+    #[error("{path} is not a regular file ({kind}); images are read from ordinary files only")]
+    NotAFile { path: PathBuf, kind: String },
+    #[error(
+        "{path} is {bytes} bytes; image files larger than {MAX_IMAGE_FILE_BYTES} bytes are not read"
+    )]
+    FileTooLarge { path: PathBuf, bytes: u64 },
 }
 
 /// Reads an image file of any supported format, bit depth and colour model as 8-bit RGB
 /// (alpha is dropped, grey is replicated, 16-bit is scaled down).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+    use std::io::Read;
+    let read_err = |source| ImageError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Follows symlinks: a `.png` link to /dev/zero or a FIFO is refused here, before any read
+    // (one grew without limit, the other blocked forever).
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "a device, pipe or socket"
+        };
+        return Err(ImageError::NotAFile {
+            path: path.to_path_buf(),
+            kind: kind.into(),
+        });
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(ImageError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: meta.len(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        .take(MAX_IMAGE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(ImageError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: bytes.len() as u64,
+        });
+    }
     decode_rgb(&bytes, path)
 }
 
@@ -75,7 +122,10 @@ pub fn decode_rgb(bytes: &[u8], label: &Path) -> Result<RgbImage, ImageError> {
     let (width, height) = probe
         .into_dimensions()
         .map_err(|e| decode_err(e.to_string()))?;
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || width as u64 * height as u64 > MAX_IMAGE_PIXELS
+    {
         return Err(ImageError::TooLarge {
             path: label.to_path_buf(),
             width,
@@ -92,7 +142,7 @@ pub fn decode_rgb(bytes: &[u8], label: &Path) -> Result<RgbImage, ImageError> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(2 << 30);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
     if is_truncated_jpeg(bytes) {
         return Err(decode_err(
             "the JPEG stops before its end (a truncated download or copy?)".into(),
@@ -301,6 +351,45 @@ mod tests {
         }
         let e = decode_rgb(&png, Path::new("huge.png")).unwrap_err();
         assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+        // Within the side limit but 268 million pixels of RGBA16 (2 GiB decoded).
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
+        png.extend(16384u32.to_be_bytes());
+        png.extend(16384u32.to_be_bytes());
+        png.extend([16, 6, 0, 0, 0]);
+        let crc = crc32(&png[12..]);
+        png.extend(crc.to_be_bytes());
+        for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+            png.extend(0u32.to_be_bytes());
+            png.extend(chunk);
+            png.extend(crc32(chunk).to_be_bytes());
+        }
+        let started = std::time::Instant::now();
+        let e = decode_rgb(&png, Path::new("bomb.png")).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pipes_devices_and_folders_are_refused_without_reading() {
+        let dir = std::env::temp_dir().join(format!("sftok-special-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let zero = dir.join("zero.png");
+        let _ = std::fs::remove_file(&zero);
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = load_rgb(&zero).unwrap_err();
+        assert!(matches!(e, ImageError::NotAFile { .. }), "{e}");
+        let fifo = dir.join("fifo.png");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load_rgb(&fifo).unwrap_err();
+        assert!(matches!(e, ImageError::NotAFile { .. }), "{e}");
+        let folder = dir.join("folder.png");
+        std::fs::create_dir_all(&folder).unwrap();
+        let e = load_rgb(&folder).unwrap_err();
+        assert!(e.to_string().contains("a folder"), "{e}");
     }
 
     fn crc32(data: &[u8]) -> u32 {

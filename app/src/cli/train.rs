@@ -320,12 +320,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("{line}");
             }
         }
-        TrainEvent::Failed { message } => {
-            bar.abandon_with_message(format!("failed: {message}"));
-            if !terminal {
-                eprintln!("failed: {message}");
-            }
-        }
+        // `main` prints the error once; the bar only stops.
+        TrainEvent::Failed { .. } => bar.abandon(),
         _ => {}
     };
     train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;

@@ -273,20 +273,28 @@ impl StudioApp {
                 if let Some(dir) = &self.settings.last_image_dir {
                     dialog = dialog.set_directory(dir);
                 }
-                if let Some(files) = dialog.pick_files() {
-                    self.settings.last_image_dir = files
-                        .first()
-                        .and_then(|f| f.parent())
-                        .map(Path::to_path_buf);
-                    self.gallery.open(files, ui.ctx());
+                match super::dialogs::run(|| dialog.pick_files()) {
+                    Ok(Some(files)) => {
+                        self.settings.last_image_dir = files
+                            .first()
+                            .and_then(|f| f.parent())
+                            .map(Path::to_path_buf);
+                        self.gallery.open(files, ui.ctx());
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.messages.push(e),
                 }
             }
-            if ui.button("Open folder...").clicked()
-                && let Some(dir) = rfd::FileDialog::new().pick_folder()
-            {
-                self.settings.last_image_dir = Some(dir.clone());
-                if let Err(e) = self.gallery.open_folder(&dir, ui.ctx()) {
-                    self.messages.push(e);
+            if ui.button("Open folder...").clicked() {
+                match super::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
+                    Ok(Some(dir)) => {
+                        self.settings.last_image_dir = Some(dir.clone());
+                        if let Err(e) = self.gallery.open_folder(&dir, ui.ctx()) {
+                            self.messages.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.messages.push(e),
                 }
             }
             if ui.button("Add samples").clicked() {

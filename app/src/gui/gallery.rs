@@ -54,6 +54,8 @@ pub struct Gallery {
     tx: Sender<Loaded>,
     rx: Receiver<Loaded>,
     pub loading: usize,
+    /// Select the next image that arrives (the first of a batch the user opened).
+    select_next_loaded: bool,
 }
 
 impl Default for Gallery {
@@ -66,20 +68,33 @@ impl Default for Gallery {
             tx,
             rx,
             loading: 0,
+            select_next_loaded: false,
         }
     }
 }
 
 impl Gallery {
     /// Decodes `paths` on a worker thread; the results arrive through [`Gallery::poll`].
+    /// A file opened again is selected, not added twice; paths are compared in their canonical
+    /// form (`/a/app/../assets/x.png` is `/a/assets/x.png`).
     pub fn open(&mut self, paths: Vec<PathBuf>, ctx: &egui::Context) {
         let paths: Vec<PathBuf> = paths
             .into_iter()
-            .filter(|p| !self.images.iter().any(|i| &i.path == p))
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
             .collect();
+        let mut fresh = Vec::new();
+        for path in paths {
+            match self.images.iter().find(|i| i.path == path) {
+                Some(known) => self.selected = Some(known.id),
+                None if !fresh.contains(&path) => fresh.push(path),
+                None => {}
+            }
+        }
+        let paths = fresh;
         if paths.is_empty() {
             return;
         }
+        self.select_next_loaded = true;
         self.loading += 1;
         let tx = self.tx.clone();
         let ctx = ctx.clone();
@@ -120,8 +135,10 @@ impl Gallery {
             image,
             thumbnail: None,
         });
-        if self.selected.is_none() {
+        if self.selected.is_none() || self.select_next_loaded {
+            // The first image of what the user just opened is the one shown.
             self.selected = Some(id);
+            self.select_next_loaded = false;
         }
         id
     }

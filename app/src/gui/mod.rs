@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod compare;
+pub mod dialogs;
 pub mod gallery;
 pub mod gpu_grid;
 pub mod model_worker;

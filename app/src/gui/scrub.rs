@@ -148,9 +148,12 @@ pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label
         if ui
             .button(format!("Load model into {}...", slot.name()))
             .clicked()
-            && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
-            app.load_model(slot, dir);
+            match super::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
+                Ok(Some(dir)) => app.load_model(slot, dir),
+                Ok(None) => {}
+                Err(e) => app.messages.push(e),
+            }
         }
     });
 }

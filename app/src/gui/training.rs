@@ -878,11 +878,17 @@ impl TrainingPanel {
                     "follow a run folder live (for example one started with `sftok train`)",
                 )
                 .clicked()
-                && let Some(dir) = rfd::FileDialog::new()
-                    .set_title("Open a run folder")
-                    .pick_folder()
             {
-                let result = self.follow(dir);
+                let picked = super::dialogs::run(|| {
+                    rfd::FileDialog::new()
+                        .set_title("Open a run folder")
+                        .pick_folder()
+                });
+                let result = match picked {
+                    Ok(Some(dir)) => self.follow(dir),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 self.report(result);
             }
             if self.follow.is_some() && ui.button("Stop following").clicked() {
