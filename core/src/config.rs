@@ -214,6 +214,66 @@ impl SftokConfig {
     /// Checks that the sizes fit together, with a message that names the offending values.
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(SftokError::InvalidConfig(m));
+        // Bounds far past any published model (SFTok-L: 256 px, 64 tokens, 8192 codes, ViT-L
+        // 24 x 1024): a config beyond them is a typo or a hostile file, and building it would
+        // allocate until the process is killed (issue 17: `image_size` 1000000 and
+        // `codebook_size` 1e12 aborted in the allocator, depth 1e6 ate all memory, token_size 0
+        // panicked inside the backend).
+        let bounds: [(&str, usize, usize, usize); 14] = [
+            ("image_size", self.image_size, 8, 4096),
+            ("num_latent_tokens", self.num_latent_tokens, 1, 4096),
+            ("encoder.width", self.encoder.width, 1, 8192),
+            ("encoder.depth", self.encoder.depth, 1, 256),
+            ("encoder.heads", self.encoder.heads, 1, 256),
+            ("decoder.width", self.decoder.width, 1, 8192),
+            ("decoder.depth", self.decoder.depth, 1, 256),
+            ("decoder.heads", self.decoder.heads, 1, 256),
+            (
+                "quantizer.codebook_size",
+                self.quantizer.codebook_size,
+                1,
+                1 << 20,
+            ),
+            ("quantizer.token_size", self.quantizer.token_size, 1, 4096),
+            (
+                "quantizer.sinkhorn_iters",
+                self.quantizer.sinkhorn_iters,
+                0,
+                1000,
+            ),
+            ("vqgan.hidden_channels", self.vqgan.hidden_channels, 1, 4096),
+            (
+                "vqgan.num_embeddings",
+                self.vqgan.num_embeddings,
+                1,
+                1 << 20,
+            ),
+            ("vqgan.z_channels", self.vqgan.z_channels, 1, 4096),
+        ];
+        for (name, value, low, high) in bounds {
+            if !(low..=high).contains(&value) {
+                return err(format!(
+                    "{name} is {value}; this program accepts {low} to {high} (is the configuration file damaged?)"
+                ));
+            }
+        }
+        if self.vqgan.num_res_blocks > 64 || self.vqgan.channel_mult.len() > 12 {
+            return err(format!(
+                "vqgan has {} levels of {} blocks; this program accepts at most 12 levels of 64",
+                self.vqgan.channel_mult.len(),
+                self.vqgan.num_res_blocks
+            ));
+        }
+        if let Some(&m) = self.vqgan.channel_mult.iter().find(|&&m| m > 64) {
+            return err(format!(
+                "vqgan.channel_mult holds {m}; at most 64 is accepted"
+            ));
+        }
+        if !(self.encoder.mlp_ratio > 0.0 && self.encoder.mlp_ratio <= 64.0)
+            || !(self.decoder.mlp_ratio > 0.0 && self.decoder.mlp_ratio <= 64.0)
+        {
+            return err("mlp_ratio must be above 0 and at most 64".into());
+        }
         for (what, vit) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
             if vit.patch_size == 0 || !self.image_size.is_multiple_of(vit.patch_size) {
                 return err(format!(
@@ -664,6 +724,28 @@ mod tests {
         c.decoder.patch_size = 16;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("teacher's code grid"), "{e}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_with_the_field_named() {
+        let cases: [(&str, fn(&mut SftokConfig)); 5] = [
+            ("image_size", |c| c.image_size = 1_000_000),
+            ("codebook_size", |c| {
+                c.quantizer.codebook_size = 1_000_000_000_000
+            }),
+            ("num_latent_tokens", |c| c.num_latent_tokens = 1_000_000_000),
+            ("decoder.depth", |c| c.decoder.depth = 1_000_000),
+            ("token_size", |c| c.quantizer.token_size = 0),
+        ];
+        for (field, spoil) in cases {
+            let mut c = SftokConfig::demo();
+            spoil(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        for preset in SftokConfig::PRESETS {
+            SftokConfig::preset(preset).unwrap().validate().unwrap();
+        }
     }
 
     #[test]
