@@ -60,9 +60,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 
 /// The folder of bundled assets: `$SFTOK_ASSETS`, else `assets/` of the source tree.
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("SFTOK_ASSETS")
+    let dir = std::env::var_os("SFTOK_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")));
+    // `<checkout>/assets`, not `<checkout>/app/../assets`, wherever a user sees it.
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
 /// The model used when none is named: the bundled SFVR demo model, or the small random-weight
