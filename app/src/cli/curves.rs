@@ -54,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runs: Vec<(String, Vec<_>)> = args
         .runs
         .iter()
-        .map(|r| Ok((r.display().to_string(), read_rows(r)?)))
+        .map(|r| Ok((run_label(r), read_rows(r)?)))
         .collect::<anyhow::Result<_>>()?;
     let metrics = if args.metrics.is_empty() {
         let present = |m: &str| runs.iter().any(|(_, rows)| !points(rows, m).is_empty());
@@ -132,6 +132,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     sftok_core::image_io::save_png(&image, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// A short name for a run in the legend: the run folder's name, or the metrics file's stem.
+fn run_label(run: &Path) -> String {
+    let named = if run.is_dir() {
+        run.file_name()
+    } else {
+        run.file_stem()
+    };
+    named.map_or_else(
+        || run.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// 1, 2 or 5 times a power of ten, at least `raw`.
