@@ -269,9 +269,8 @@ impl SftokConfig {
                 "vqgan.channel_mult holds {m}; at most 64 is accepted"
             ));
         }
-        if !(self.encoder.mlp_ratio > 0.0 && self.encoder.mlp_ratio <= 64.0)
-            || !(self.decoder.mlp_ratio > 0.0 && self.decoder.mlp_ratio <= 64.0)
-        {
+        let ratio_ok = |r: f64| r > 0.0 && r <= 64.0;
+        if !(ratio_ok(self.encoder.mlp_ratio) && ratio_ok(self.decoder.mlp_ratio)) {
             return err("mlp_ratio must be above 0 and at most 64".into());
         }
         for (what, vit) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
@@ -728,7 +727,8 @@ mod tests {
 
     #[test]
     fn absurd_sizes_are_refused_with_the_field_named() {
-        let cases: [(&str, fn(&mut SftokConfig)); 5] = [
+        type Spoil = fn(&mut SftokConfig);
+        let cases: [(&str, Spoil); 5] = [
             ("image_size", |c| c.image_size = 1_000_000),
             ("codebook_size", |c| {
                 c.quantizer.codebook_size = 1_000_000_000_000

@@ -18,8 +18,8 @@ pub fn mean_colour(image: &RgbImage) -> RgbImage {
     let n = (image.width() as f64 * image.height() as f64).max(1.0);
     let mut sum = [0.0f64; 3];
     for p in image.pixels() {
-        for c in 0..3 {
-            sum[c] += p.0[c] as f64;
+        for (acc, &v) in sum.iter_mut().zip(&p.0) {
+            *acc += v as f64;
         }
     }
     let mean = sum.map(|s| (s / n).round().clamp(0.0, 255.0) as u8);
@@ -37,9 +37,8 @@ pub fn block_means(image: &RgbImage, block: u32) -> RgbImage {
         let mut count = 0.0;
         for y in by * block..((by + 1) * block).min(h) {
             for x in bx * block..((bx + 1) * block).min(w) {
-                let p = image.get_pixel(x, y).0;
-                for c in 0..3 {
-                    sum[c] += p[c] as f64;
+                for (acc, &v) in sum.iter_mut().zip(&image.get_pixel(x, y).0) {
+                    *acc += v as f64;
                 }
                 count += 1.0;
             }
