@@ -125,7 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             x_label: "step".into(),
             x_ticks: ticks.clone(),
             series,
-            y_decimals: 2,
+            // Accuracies live in the first percent or two: two decimals would print 0.01 twice.
+            y_decimals: if metric.contains("accuracy") { 4 } else { 2 },
         });
     }
     let image = render(&panels);
