@@ -130,6 +130,28 @@ fn raising_and_lowering_t_reconstructs_again_without_a_crash() {
 }
 
 #[test]
+fn the_token_editor_is_reachable_in_a_small_window() {
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1000.0, 700.0))
+        .build_eframe(|cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), assets()));
+    wait_until(&mut h, "the samples", |a| !a.gallery.images.is_empty());
+    wait_until(&mut h, "the first reconstruction", |a| {
+        trace_ready(a, Slot::A)
+    });
+    h.state_mut().edit.selected = Some(0);
+    h.step();
+    h.get_by_label("Apply edit").scroll_to_me();
+    for _ in 0..3 {
+        h.step();
+    }
+    let rect = h.get_by_label("Apply edit").rect();
+    assert!(
+        rect.min.y >= 0.0 && rect.max.y <= 700.0,
+        "Apply edit is at {rect:?}, outside the 1000x700 window"
+    );
+}
+
+#[test]
 fn compare_view_shows_both_models_and_their_difference() {
     let mut h = harness();
     wait_until(&mut h, "the samples", |a| !a.gallery.images.is_empty());

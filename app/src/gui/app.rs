@@ -407,9 +407,19 @@ impl eframe::App for StudioApp {
                 ui.strong("Images");
                 self.gallery.ui(ui);
             });
+        // Reconstruct and Compare scroll: at 1000x700 the token editor sat below the window's
+        // edge with no way to reach it (issue 18).
         egui::CentralPanel::default().show(ui, |ui| match self.settings.view {
-            View::Reconstruct => super::scrub::view_ui(self, ui),
-            View::Compare => super::compare::view_ui(self, ui),
+            View::Reconstruct => {
+                egui::ScrollArea::both()
+                    .id_salt("reconstruct-scroll")
+                    .show(ui, |ui| super::scrub::view_ui(self, ui));
+            }
+            View::Compare => {
+                egui::ScrollArea::both()
+                    .id_salt("compare-scroll")
+                    .show(ui, |ui| super::compare::view_ui(self, ui));
+            }
             View::Train => {
                 let paths = self.gallery.paths();
                 self.training.ui(ui, &paths);
