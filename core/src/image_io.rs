@@ -337,32 +337,26 @@ mod tests {
 
     #[test]
     fn absurd_dimensions_are_refused_before_decoding() {
-        // A PNG header that claims 100000 x 100000 pixels, with no pixel data.
-        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
-        png.extend(100000u32.to_be_bytes());
-        png.extend(100000u32.to_be_bytes());
-        png.extend([8, 2, 0, 0, 0]);
-        let crc = crc32(&png[12..]);
-        png.extend(crc.to_be_bytes());
-        for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
-            png.extend(0u32.to_be_bytes());
-            png.extend(chunk);
-            png.extend(crc32(chunk).to_be_bytes());
-        }
-        let e = decode_rgb(&png, Path::new("huge.png")).unwrap_err();
+        // A PNG that claims `side x side` pixels of the given bit depth and colour type, with
+        // no pixel data.
+        let header_only = |side: u32, depth: u8, colour: u8| {
+            let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
+            png.extend(side.to_be_bytes());
+            png.extend(side.to_be_bytes());
+            png.extend([depth, colour, 0, 0, 0]);
+            let crc = crc32(&png[12..]);
+            png.extend(crc.to_be_bytes());
+            for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+                png.extend(0u32.to_be_bytes());
+                png.extend(chunk);
+                png.extend(crc32(chunk).to_be_bytes());
+            }
+            png
+        };
+        let e = decode_rgb(&header_only(100000, 8, 2), Path::new("huge.png")).unwrap_err();
         assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
         // Within the side limit but 268 million pixels of RGBA16 (2 GiB decoded).
-        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
-        png.extend(16384u32.to_be_bytes());
-        png.extend(16384u32.to_be_bytes());
-        png.extend([16, 6, 0, 0, 0]);
-        let crc = crc32(&png[12..]);
-        png.extend(crc.to_be_bytes());
-        for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
-            png.extend(0u32.to_be_bytes());
-            png.extend(chunk);
-            png.extend(crc32(chunk).to_be_bytes());
-        }
+        let png = header_only(16384, 16, 6);
         let started = std::time::Instant::now();
         let e = decode_rgb(&png, Path::new("bomb.png")).unwrap_err();
         assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");

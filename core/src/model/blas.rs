@@ -73,17 +73,6 @@ const PRE_AVX2_CORES: &[&str] = &[
     "generic",
 ];
 
-fn cpu_has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -225,7 +214,7 @@ fn open(name: &str, named: bool) -> Option<Blas> {
         .filter(|p| !p.is_null())
         .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
     if let Some(core) = &core
-        && cpu_has_avx2()
+        && super::cpu_kernels::has_avx2()
         && PRE_AVX2_CORES.contains(&core.to_ascii_lowercase().as_str())
     {
         let advice = format!(

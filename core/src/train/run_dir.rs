@@ -209,14 +209,10 @@ impl RunDir {
     ) -> Result<PathBuf> {
         let dir = self.checkpoints_dir();
         std::fs::create_dir_all(&dir).map_err(|e| SftokError::io(&dir, e))?;
-        // Temporary folders left by killed writers of this run (only one process writes a run).
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        // Other writers' leftovers are removed when the run's lock is taken (`lock`).
         let name = format!("step_{:08}", state.step);
         let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| SftokError::io(&tmp, e))?;
         for (file, tensors) in files {
             write_synced(&tmp.join(file), &safetensors_bytes(tensors, None)?)?;
