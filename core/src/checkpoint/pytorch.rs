@@ -212,6 +212,21 @@ pub enum PyTorchError {
         source: std::io::Error,
     },
 
+    /// An archive entry inflates to more than it can legitimately hold (a zip bomb, or not a
+    /// checkpoint).
+    #[error(
+        "`{entry}` inflates to more than {limit} bytes, more than {what} ever needs; the file is \
+         not a usable checkpoint (possibly built to exhaust memory), so it was not read further"
+    )]
+    EntryTooLarge {
+        /// Full entry name inside the archive.
+        entry: String,
+        /// The most bytes accepted.
+        limit: u64,
+        /// What the entry is supposed to hold.
+        what: &'static str,
+    },
+
     /// A required archive entry is absent.
     #[error("the checkpoint archive has no `{entry}`; {hint}")]
     MissingEntry {
@@ -382,7 +397,10 @@ fn sniff_format(head: &[u8]) -> Result<()> {
 /// then copy each tensor out of its storage entry.
 fn read_archive<R: Read + Seek>(reader: R, source_len: u64) -> Result<Vec<RawTensor>> {
     let mut archive = Archive::open(reader, source_len)?;
-    let pickle = archive.read("data.pkl")?;
+    let pickle = archive.read(
+        "data.pkl",
+        EntryLimit::AtMost(MAX_PICKLE, "a state dict's pickle"),
+    )?;
     tensors_from_pickle(&mut archive, &pickle)
 }
 
@@ -431,7 +449,10 @@ impl<R: Read + Seek> Archive<R> {
         if self.zip.index_for_name(&name).is_none() {
             return Ok(()); // written before torch recorded it: always little-endian
         }
-        let order = self.read("byteorder")?;
+        let order = self.read(
+            "byteorder",
+            EntryLimit::AtMost(MAX_BYTEORDER, "a byte-order tag"),
+        )?;
         match order.trim_ascii() {
             b"little" => Ok(()),
             b"big" => Err(PyTorchError::BigEndian),
@@ -452,7 +473,10 @@ impl<R: Read + Seek> Archive<R> {
     /// Reads one entry (path relative to the top folder) completely. The
     /// zip crate verifies the CRC, so a damaged entry fails here rather than
     /// yielding wrong numbers.
-    fn read(&mut self, relative: &str) -> Result<Vec<u8>> {
+    ///
+    /// `limit` bounds what is inflated, whatever the zip headers declare: a few-MB file whose
+    /// entries inflate to gigabytes (a zip bomb) is refused after `limit` bytes.
+    fn read(&mut self, relative: &str, limit: EntryLimit) -> Result<Vec<u8>> {
         let name = self.entry_name(relative);
         let mut file = match self.zip.by_name(&name) {
             Ok(file) => file,
@@ -468,12 +492,15 @@ impl<R: Read + Seek> Archive<R> {
         // more than the archive could hold, so a lying header cannot make
         // us allocate a huge buffer.
         let declared = file.size();
-        let limit = if file.compression() == zip::CompressionMethod::Stored {
+        let prealloc = if file.compression() == zip::CompressionMethod::Stored {
             self.source_len
         } else {
             MAX_UNTRUSTED_PREALLOC
         };
-        let reserve = usize::try_from(declared.min(limit)).unwrap_or(usize::MAX);
+        let most = match limit {
+            EntryLimit::AtMost(most, _) | EntryLimit::Prefix(most) => most,
+        };
+        let reserve = usize::try_from(declared.min(prealloc).min(most)).unwrap_or(usize::MAX);
         let entry_err = |source| PyTorchError::Entry {
             entry: name.clone(),
             source,
@@ -481,10 +508,48 @@ impl<R: Read + Seek> Archive<R> {
         let mut buf = Vec::new();
         buf.try_reserve_exact(reserve)
             .map_err(|e| entry_err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, e)))?;
-        file.read_to_end(&mut buf).map_err(entry_err)?;
+        match limit {
+            // One byte more than allowed tells "exactly the limit" from "more".
+            EntryLimit::AtMost(most, what) => {
+                (&mut file)
+                    .take(most.saturating_add(1))
+                    .read_to_end(&mut buf)
+                    .map_err(entry_err)?;
+                if buf.len() as u64 > most {
+                    return Err(PyTorchError::EntryTooLarge {
+                        entry: name,
+                        limit: most,
+                        what,
+                    });
+                }
+            }
+            // A storage longer than its views is legal (a slice of a larger tensor); only the
+            // viewed bytes are inflated. (The CRC is then not checked: it needs the whole entry.)
+            EntryLimit::Prefix(most) => {
+                (&mut file)
+                    .take(most)
+                    .read_to_end(&mut buf)
+                    .map_err(entry_err)?;
+            }
+        }
         Ok(buf)
     }
 }
+
+/// How much of an archive entry [`Archive::read`] inflates.
+#[derive(Debug, Clone, Copy)]
+enum EntryLimit {
+    /// The whole entry, which must not exceed this many bytes (what it holds, for the message).
+    AtMost(u64, &'static str),
+    /// At most this many bytes from the start; the rest is not needed.
+    Prefix(u64),
+}
+
+/// `byteorder` holds "little" or "big".
+const MAX_BYTEORDER: u64 = 64;
+/// `data.pkl` of a state dict is a few hundred kB even for large models (keys, shapes, storage
+/// references); anything this large is not a state dict.
+const MAX_PICKLE: u64 = if cfg!(test) { 1 << 20 } else { 256 << 20 };
 
 /// Finds the single top folder holding `data.pkl` (returned with its
 /// trailing `/`).
@@ -1799,7 +1864,14 @@ fn materialize_all<R: Read + Seek>(
     let (mut stored, mut produced) = (0usize, 0usize);
     for (key, users) in group_by_storage(&tensors) {
         let relative = format!("data/{key}");
-        let mut storage = Some(archive.read(&relative)?);
+        // Only the bytes that some tensor views are inflated (a zip bomb cannot make this
+        // allocate more than the tensors themselves need).
+        let viewed = users
+            .iter()
+            .map(|&i| view_end_bytes(&tensors[i].1))
+            .max()
+            .unwrap_or(0);
+        let mut storage = Some(archive.read(&relative, EntryLimit::Prefix(viewed))?);
         stored = stored.saturating_add(storage.as_ref().map_or(0, Vec::len));
         let entry = archive.entry_name(&relative);
         for &i in &users {
@@ -1867,6 +1939,29 @@ fn copy_view(
         return Ok(storage.take().unwrap_or_default());
     }
     gather(bytes, spec, &layout).map_err(bad)
+}
+
+/// Bytes of its storage a view reaches: `(offset + sum((size - 1) * stride) + 1) * elem`, 0 for an
+/// empty tensor. On overflow 0: nothing is inflated, and [`Layout::check`] then refuses the view
+/// with its own message.
+fn view_end_bytes(spec: &TensorSpec) -> u64 {
+    if spec.shape.contains(&0) {
+        return 0;
+    }
+    let elem = spec.storage.dtype.size_bytes() as u64;
+    let mut last = spec.offset as u64;
+    for (&size, &stride) in spec.shape.iter().zip(&spec.stride) {
+        let Some(next) = (size as u64 - 1)
+            .checked_mul(stride as u64)
+            .and_then(|span| last.checked_add(span))
+        else {
+            return 0;
+        };
+        last = next;
+    }
+    last.checked_add(1)
+        .and_then(|n| n.checked_mul(elem))
+        .unwrap_or(0)
 }
 
 /// Validated geometry of a tensor view.
@@ -2559,6 +2654,61 @@ mod tests {
         );
     }
 
+    /// Like [`build_zip`], deflated: a small archive whose entries inflate to much more.
+    fn build_deflated_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in entries {
+            writer
+                .start_file(name.as_str(), options)
+                .expect("start_file");
+            writer.write_all(data).expect("write");
+        }
+        writer.finish().expect("finish").into_inner()
+    }
+
+    #[test]
+    fn entries_that_inflate_beyond_their_purpose_are_refused_without_reading_them_whole() {
+        let body = pk_dict(&[("w", f32_tensor_at(0, &[2], &[1]))]);
+        let storage = ("archive/data/0".to_string(), f32_bytes(&[1.0, 2.0]));
+        // `byteorder` inflating to 8 MiB (the issue's case: gigabytes, quoted in the error).
+        let bomb = build_deflated_zip(&[
+            ("archive/data.pkl".to_string(), pickle(body.clone())),
+            ("archive/byteorder".to_string(), vec![b'l'; 8 << 20]),
+            storage.clone(),
+        ]);
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let err = read_pytorch_bytes(&bomb).expect_err("byteorder bomb");
+        assert!(
+            matches!(&err, PyTorchError::EntryTooLarge { limit, .. } if *limit == MAX_BYTEORDER),
+            "{err:?}"
+        );
+        assert!(err.to_string().len() < 400, "{err}");
+        // A pickle beyond the limit (1 MiB under test).
+        let mut big = pickle(body.clone());
+        big.extend(vec![b'N'; 2 << 20]);
+        let err = read_pytorch_bytes(&build_deflated_zip(&[
+            ("archive/data.pkl".to_string(), big),
+            storage.clone(),
+        ]))
+        .expect_err("pickle bomb");
+        assert!(
+            matches!(&err, PyTorchError::EntryTooLarge { limit, .. } if *limit == MAX_PICKLE),
+            "{err:?}"
+        );
+        // A storage that inflates far beyond what its one tensor views: only the viewed bytes
+        // are read, and the tensor is right.
+        let mut long = f32_bytes(&[1.0, 2.0]);
+        long.extend(vec![0u8; 32 << 20]);
+        let tensors = read_pytorch_bytes(&build_deflated_zip(&[
+            ("archive/data.pkl".to_string(), pickle(body)),
+            ("archive/data/0".to_string(), long),
+        ]))
+        .expect("a long storage is legal");
+        assert_eq!(tensors[0].to_f32(), vec![1.0, 2.0]);
+    }
+
     #[test]
     fn truncated_storage_is_an_error_not_a_panic() {
         let body = pk_dict(&[("w", f32_tensor_at(0, &[2, 3], &[3, 1]))]);
@@ -3135,7 +3285,9 @@ mod tests {
             let mut archive =
                 Archive::open(Cursor::new(original.as_slice()), original.len() as u64)
                     .expect("zip");
-            let pkl = archive.read("data.pkl").expect("data.pkl");
+            let pkl = archive
+                .read("data.pkl", EntryLimit::AtMost(MAX_PICKLE, "a pickle"))
+                .expect("data.pkl");
             // Same path as read_archive after data.pkl is read, without
             // re-zipping every variant (that made this test slow).
             let mut run = |what: String, pickle: &[u8]| {
