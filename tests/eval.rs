@@ -95,12 +95,94 @@ fn eval_figures_match_an_independent_computation() {
         );
         let acc = got["proxy_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
+        // Each image's own figures, in the order of `image_names` (sorted paths).
+        let per_image: Vec<f64> = got["per_image_psnr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (got, want) in per_image.iter().zip(&psnrs) {
+            assert!(
+                (got - want).abs() < 0.02,
+                "T={steps}: {per_image:?} vs {psnrs:?}"
+            );
+        }
+        assert_eq!(per_image.len(), 3);
+        let accs = got["per_image_proxy_accuracy"].as_array().unwrap();
+        assert_eq!(accs.len(), 3);
     }
+    let listed: Vec<&str> = report["image_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        listed.len() == 3 && listed.iter().zip(names).all(|(l, n)| l.ends_with(n)),
+        "{listed:?}"
+    );
     assert!(report["teacher"][model.display().to_string()]["psnr"].is_number());
     assert!(
         report["rfid"].as_str().unwrap().contains("--inception"),
         "without Inception weights, eval says how to get rFID"
     );
+}
+
+/// A skipped file whose name is not UTF-8 is listed in the report, which is still written; bad
+/// outputs and sizes are refused before any work.
+#[cfg(unix)]
+#[test]
+fn eval_reports_odd_file_names_and_checks_its_options_first() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp_dir("odd-names");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        repo().join("assets/samples/chelsea.png"),
+        data.join("chelsea.png"),
+    )
+    .unwrap();
+    let odd = data.join(std::ffi::OsStr::from_bytes(b"broken-\xff\xfe.png"));
+    std::fs::write(&odd, b"not a png").unwrap();
+    let model = repo().join("assets/models/default");
+    let json = dir.join("eval.json");
+    run_ok(
+        sftok()
+            .args(["eval", "--device", "cpu", "--steps", "1", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json")
+            .arg(&json),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0][0].as_str().unwrap().contains("broken-"));
+    assert_eq!(report["images"], 1);
+
+    for (args, expect) in [
+        (vec!["--json", dir.to_str().unwrap()], "is a folder"),
+        (vec!["--size", "4"], "--size 4"),
+        (vec!["--size", "0"], "--size 0"),
+    ] {
+        let out = sftok()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(expect) && !stderr.contains("evaluating"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[test]

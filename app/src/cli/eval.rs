@@ -53,6 +53,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.steps.is_empty() || args.steps.iter().any(|&s| s == 0 || s > 64) {
         anyhow::bail!("--steps takes step counts from 1 to 64, e.g. --steps 1,2,4,8");
     }
+    if let Some(size) = args.size
+        && !(16..=2048).contains(&size)
+    {
+        anyhow::bail!(
+            "--size {size}: the metrics need images of 16 to 2048 pixels (SSIM's 11-pixel window \
+             needs room; at 0 or 4 pixels every image is trivially 'perfect')"
+        );
+    }
+    // The outputs are checked before the (long) evaluation, not after it.
+    let plot_path = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.json.with_extension("png"));
+    for (flag, path) in [
+        ("--json", Some(&args.json)),
+        ("--plot", Some(&plot_path)),
+        ("--markdown", args.markdown.as_ref()),
+    ] {
+        if let Some(path) = path {
+            super::check_writable_file(flag, path)?;
+        }
+    }
     let chosen = super::device(args.device)?;
     let models = if args.models.is_empty() {
         super::bundled_pair()
@@ -100,16 +122,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     bar.finish_and_clear();
     for (path, why) in &report.skipped {
-        eprintln!("skipped {}: {why}", path.display());
+        eprintln!("skipped {path}: {why}");
     }
     let table = report.markdown();
     println!("{table}");
     let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
     sftok_core::checkpoint::files::write_atomic(&args.json, json.as_bytes())?;
-    let plot = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| args.json.with_extension("png"));
+    let plot = plot_path;
     save_png(&report.plot(), &plot)?;
     if let Some(md) = &args.markdown {
         sftok_core::checkpoint::files::write_atomic(md, table.as_bytes())?;

@@ -93,3 +93,27 @@ pub fn bundled_pair() -> Vec<PathBuf> {
 pub fn device(choice: DeviceChoice) -> anyhow::Result<ChosenDevice> {
     Ok(sftok_core::choose_device(choice)?)
 }
+
+/// Refuses an output path that cannot be written (a folder, or inside a folder that does not
+/// exist) before any long work starts, naming the flag.
+pub fn check_writable_file(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{flag} {} is a folder; give a file name, e.g. {}",
+            path.display(),
+            path.join("out").display()
+        );
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if parent.exists() && !parent.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: {} is a file, not a folder",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}

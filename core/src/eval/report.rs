@@ -45,13 +45,17 @@ impl Default for EvalOptions {
     }
 }
 
-/// Figures of one model at one step count (means over the images).
+/// Figures of one model at one step count (means over the images, and each image's own values in
+/// the order of [`EvalReport::image_names`], for paired comparisons between models).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepMetrics {
     pub psnr: f64,
     pub ssim: f64,
     /// Fraction of proxy codes equal to the teacher's codes of the same image.
     pub proxy_accuracy: Option<f64>,
+    pub per_image_psnr: Vec<f64>,
+    /// Empty without a teacher.
+    pub per_image_proxy_accuracy: Vec<f64>,
     /// Of the OptVQ codebook, over all latent tokens of the evaluated images.
     pub codebook_utilisation: f64,
     pub codebook_perplexity: f64,
@@ -78,12 +82,16 @@ pub struct ReferenceMetrics {
     pub ssim: f64,
 }
 
+/// Paths are kept as text (non-UTF-8 bytes replaced) so that any file name can be written to the
+/// JSON report.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
-    pub data: PathBuf,
+    pub data: String,
     pub images: usize,
+    /// The evaluated files, in the order of every `per_image_*` list.
+    pub image_names: Vec<String>,
     /// Files that could not be read, with the reason.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<(String, String)>,
     pub steps: Vec<usize>,
     /// `results[<model dir as given>][<steps>]`.
     pub results: BTreeMap<String, BTreeMap<String, StepMetrics>>,
@@ -106,16 +114,19 @@ pub trait FidFeatures {
 /// Progress of an evaluation: `(done, total)` units of work.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
-/// Images that were read, each with its path.
+/// Images that were read, each with its path: the centre square, already at the size asked for.
 pub type LoadedImages = Vec<(PathBuf, RgbImage)>;
 /// Files that could not be read, each with the reason.
 pub type SkippedImages = Vec<(PathBuf, String)>;
 
-/// Loads the evaluation images (as decoded; the models crop and resize them). Unreadable files
-/// are skipped and returned with the reason.
+/// Loads the evaluation images as centre squares of `keep_size` pixels (the largest size any
+/// model or metric needs; smaller ones are resized from it). Only these small crops are kept, so
+/// memory does not grow with the photos' resolution. Unreadable files are skipped and returned
+/// with the reason.
 pub fn load_eval_images(
     data: &Path,
     limit: Option<usize>,
+    keep_size: u32,
 ) -> Result<(LoadedImages, SkippedImages)> {
     let folder = ImageFolder::scan(data).map_err(|e| SftokError::Other(e.to_string()))?;
     let mut images = Vec::new();
@@ -125,7 +136,7 @@ pub fn load_eval_images(
             break;
         }
         match load_rgb(path) {
-            Ok(image) => images.push((path.clone(), image)),
+            Ok(image) => images.push((path.clone(), center_crop_resize(&image, keep_size).0)),
             Err(e) => skipped.push((path.clone(), e.to_string())),
         }
     }
@@ -137,6 +148,15 @@ pub fn load_eval_images(
         )));
     }
     Ok((images, skipped))
+}
+
+/// `image` (a square) at `size` pixels.
+fn square_at(image: &RgbImage, size: u32) -> RgbImage {
+    if image.width() == size {
+        image.clone()
+    } else {
+        image::imageops::resize(image, size, size, FilterType::CatmullRom)
+    }
 }
 
 /// Evaluates `models` (label, loaded model) on the images of `data`.
@@ -154,15 +174,28 @@ pub fn evaluate(
             "--steps needs step counts of at least 1, e.g. 1,2,4,8".into(),
         ));
     }
-    let (images, skipped) = load_eval_images(data, opts.limit)?;
+    let keep_size = models
+        .iter()
+        .map(|(_, m)| m.config.image_size as u32)
+        .chain(opts.size)
+        .max()
+        .unwrap_or(256);
+    let (images, skipped) = load_eval_images(data, opts.limit, keep_size)?;
     let batch = opts.batch_size.max(1);
     let batches = images.len().div_ceil(batch);
     let total = models.len() * batches * (opts.steps.len() + 1);
     let mut done = 0;
     let mut report = EvalReport {
-        data: data.to_path_buf(),
+        data: data.to_string_lossy().into_owned(),
         images: images.len(),
-        skipped,
+        image_names: images
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect(),
+        skipped: skipped
+            .into_iter()
+            .map(|(p, why)| (p.to_string_lossy().into_owned(), why))
+            .collect(),
         steps: opts.steps.clone(),
         results: BTreeMap::new(),
         teacher: BTreeMap::new(),
@@ -176,7 +209,7 @@ pub fn evaluate(
         let metric_size = opts.size.unwrap_or(model_size);
         let references: Vec<RgbImage> = images
             .iter()
-            .map(|(_, im)| center_crop_resize(im, metric_size).0)
+            .map(|(_, im)| square_at(im, metric_size))
             .collect();
         let to_metric = |im: RgbImage| {
             if metric_size == model_size {
@@ -190,15 +223,23 @@ pub fn evaluate(
         }
         let mut latent_use = CodeHistogram::new(loaded.config.quantizer.codebook_size);
         let mut teacher_use = CodeHistogram::new(loaded.config.vqgan.num_embeddings);
+        // Reconstructions are measured as they come and kept only when rFID needs them all.
+        let keep_recons = fid.is_some();
         let mut recons: Vec<Vec<RgbImage>> = vec![Vec::new(); opts.steps.len()];
+        let mut psnrs: Vec<Vec<f64>> = vec![Vec::new(); opts.steps.len()];
+        let mut ssims: Vec<Vec<f64>> = vec![Vec::new(); opts.steps.len()];
         let mut accuracies: Vec<Vec<f64>> = vec![Vec::new(); opts.steps.len()];
         let mut teacher_recons = Vec::new();
+        let (mut teacher_psnr, mut teacher_ssim) = (Vec::new(), Vec::new());
+        let mut first_image = 0;
 
         for (b, chunk) in images.chunks(batch).enumerate() {
             let inputs: Vec<RgbImage> = chunk
                 .iter()
-                .map(|(_, im)| center_crop_resize(im, model_size).0)
+                .map(|(_, im)| square_at(im, model_size))
                 .collect();
+            let truths = &references[first_image..first_image + chunk.len()];
+            first_image += chunk.len();
             let pixels = images_to_tensor(&inputs, device);
             let quantized = loaded.model.encode(pixels.clone(), opts.assignment);
             for row in rows_i64(quantized.indices.clone()) {
@@ -207,11 +248,14 @@ pub fn evaluate(
             let zq = loaded.model.quantize.codebook_entries(quantized.indices);
             let teacher_ids = loaded.teacher.as_ref().map(|t| {
                 let codes = t.encode(pixels.clone());
-                teacher_recons.extend(
-                    tensor_to_images(t.decode(codes.clone()))
-                        .into_iter()
-                        .map(to_metric),
-                );
+                let decoded: Vec<RgbImage> = tensor_to_images(t.decode(codes.clone()))
+                    .into_iter()
+                    .map(to_metric)
+                    .collect();
+                measure(truths, &decoded, &mut teacher_psnr, &mut teacher_ssim);
+                if keep_recons {
+                    teacher_recons.extend(decoded);
+                }
                 rows_i64(codes)
             });
             if let Some(ids) = &teacher_ids {
@@ -239,7 +283,14 @@ pub fn evaluate(
                         accuracies[k].push(accuracy(pred, t));
                     }
                 }
-                recons[k].extend(tensor_to_images(trace.pixels).into_iter().map(to_metric));
+                let decoded: Vec<RgbImage> = tensor_to_images(trace.pixels)
+                    .into_iter()
+                    .map(to_metric)
+                    .collect();
+                measure(truths, &decoded, &mut psnrs[k], &mut ssims[k]);
+                if keep_recons {
+                    recons[k].extend(decoded);
+                }
                 done += 1;
                 progress(
                     done,
@@ -258,10 +309,11 @@ pub fn evaluate(
             per_steps.insert(
                 steps.to_string(),
                 StepMetrics {
-                    psnr: mean_pairwise(&references, &recons[k], psnr),
-                    ssim: mean_pairwise(&references, &recons[k], ssim),
-                    proxy_accuracy: (!accuracies[k].is_empty())
-                        .then(|| accuracies[k].iter().sum::<f64>() / accuracies[k].len() as f64),
+                    psnr: mean(&psnrs[k]),
+                    ssim: mean(&ssims[k]),
+                    proxy_accuracy: (!accuracies[k].is_empty()).then(|| mean(&accuracies[k])),
+                    per_image_psnr: std::mem::take(&mut psnrs[k]),
+                    per_image_proxy_accuracy: std::mem::take(&mut accuracies[k]),
                     codebook_utilisation: latent.utilisation,
                     codebook_perplexity: latent.perplexity,
                     rfid,
@@ -269,7 +321,7 @@ pub fn evaluate(
             );
         }
         report.results.insert(label.clone(), per_steps);
-        if !teacher_recons.is_empty() {
+        if !teacher_psnr.is_empty() {
             let used = teacher_use.usage();
             let rfid = match fid {
                 Some(f) => Some(f.distance(&references, &teacher_recons)?),
@@ -278,8 +330,8 @@ pub fn evaluate(
             report.teacher.insert(
                 label.clone(),
                 TeacherMetrics {
-                    psnr: mean_pairwise(&references, &teacher_recons, psnr),
-                    ssim: mean_pairwise(&references, &teacher_recons, ssim),
+                    psnr: mean(&teacher_psnr),
+                    ssim: mean(&teacher_ssim),
                     codebook_utilisation: used.utilisation,
                     codebook_perplexity: used.perplexity,
                     rfid,
@@ -311,6 +363,18 @@ pub fn reference_metrics(images: &[RgbImage]) -> Vec<ReferenceMetrics> {
         .collect()
 }
 
+/// Appends each image's PSNR (capped like [`mean_pairwise`]) and SSIM.
+fn measure(truths: &[RgbImage], recons: &[RgbImage], psnrs: &mut Vec<f64>, ssims: &mut Vec<f64>) {
+    for (t, r) in truths.iter().zip(recons) {
+        psnrs.push(psnr(t, r).min(100.0));
+        ssims.push(ssim(t, r));
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
 /// Mean of a pairwise metric; PSNR of identical pairs (infinite) is capped at 100 dB so that one
 /// perfect image does not make the mean infinite.
 fn mean_pairwise(a: &[RgbImage], b: &[RgbImage], metric: fn(&RgbImage, &RgbImage) -> f64) -> f64 {
@@ -329,7 +393,7 @@ impl EvalReport {
         let mut s = format!(
             "Evaluated on {} images of `{}`{}.\n\n| model | steps | PSNR (dB) | SSIM | proxy acc. | codebook use | perplexity |{}\n|---|---|---|---|---|---|---|{}\n",
             self.images,
-            self.data.display(),
+            self.data,
             if self.skipped.is_empty() {
                 String::new()
             } else {

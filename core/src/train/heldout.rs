@@ -13,7 +13,7 @@ use crate::config::AssignmentMode;
 use crate::error::Result;
 use crate::eval::metrics::accuracy;
 use crate::eval::report::load_eval_images;
-use crate::image_io::{center_crop_resize, images_to_tensor, psnr, tensor_to_images};
+use crate::image_io::{images_to_tensor, psnr, tensor_to_images};
 use crate::model::{Sftok, Vqgan};
 use crate::reconstruct::{ReconstructOptions, reconstruct, rows_i64};
 
@@ -30,12 +30,9 @@ pub const MAX_IMAGES: usize = 64;
 
 impl HeldOut {
     pub fn load(dir: &Path, image_size: usize) -> Result<Self> {
-        let (images, _skipped) = load_eval_images(dir, Some(MAX_IMAGES))?;
+        let (images, _skipped) = load_eval_images(dir, Some(MAX_IMAGES), image_size as u32)?;
         Ok(HeldOut {
-            images: images
-                .iter()
-                .map(|(_, im)| center_crop_resize(im, image_size as u32).0)
-                .collect(),
+            images: images.into_iter().map(|(_, im)| im).collect(),
         })
     }
 
