@@ -6,11 +6,17 @@ use std::path::PathBuf;
 /// Everything that can go wrong when loading, importing or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum SftokError {
-    #[error("cannot read {path}: {source}")]
+    // The OS error is part of the message and deliberately not a `#[source]`: `{:#}` printing
+    // (the CLI's) would otherwise print it twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    #[error("cannot write {path}: {error}{hint}", hint = write_hint(error))]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error("{path} is not a valid configuration: {message}")]
     Config { path: PathBuf, message: String },
@@ -35,10 +41,33 @@ pub enum SftokError {
 pub type Result<T, E = SftokError> = std::result::Result<T, E>;
 
 impl SftokError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// A failed read (or a failed look at an input).
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         SftokError::Io {
             path: path.into(),
-            source,
+            error,
         }
+    }
+
+    /// A failed write, creation, rename or removal.
+    pub fn write(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        SftokError::Write {
+            path: path.into(),
+            error,
+        }
+    }
+}
+
+/// What to do about the common write failures.
+fn write_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            " (the disk is full: free some space, or write somewhere else; a training run can then \
+             continue with --resume)"
+        }
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (no permission to write there: choose a folder you own)"
+        }
+        _ => "",
     }
 }

@@ -148,11 +148,22 @@ pub fn decode_rgb(bytes: &[u8], label: &Path) -> Result<RgbImage, ImageError> {
             "the JPEG stops before its end (a truncated download or copy?)".into(),
         ));
     }
-    let mut decoder = reader()?;
-    decoder.limits(limits);
+    let mut reader = reader()?;
+    reader.limits(limits);
     // A decoder that panics on a malformed file must not take the program down.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode()))
-        .map_err(|_| decode_err("the image decoder crashed on this file".into()))?;
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        use image::ImageDecoder;
+        let mut decoder = reader.into_decoder()?;
+        // The EXIF orientation (a phone's portrait photo is stored sideways with a tag saying
+        // so); an unreadable tag leaves the pixels as stored.
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let mut image = image::DynamicImage::from_decoder(decoder)?;
+        image.apply_orientation(orientation);
+        Ok::<_, image::ImageError>(image)
+    }))
+    .map_err(|_| decode_err("the image decoder crashed on this file".into()))?;
     let image = decoded.map_err(|e| decode_err(e.to_string()))?;
     Ok(image.to_rgb8())
 }
@@ -285,6 +296,43 @@ mod tests {
             .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
             .unwrap();
         out
+    }
+
+    /// A JPEG of `image` with an EXIF APP1 segment holding only the orientation tag.
+    fn jpeg_with_orientation(image: &RgbImage, orientation: u16) -> Vec<u8> {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(image)
+            .unwrap();
+        // TIFF little-endian header, one IFD entry: 0x0112 SHORT x1 = orientation.
+        let mut exif = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+        exif.extend(orientation.to_le_bytes());
+        exif.extend([0, 0, 0, 0, 0, 0]);
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(((exif.len() + 2) as u16).to_be_bytes());
+        out.extend(exif);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // Left half red, right half blue, 32 wide and 16 high, stored with "rotate 90 clockwise".
+        let stored = RgbImage::from_fn(32, 16, |x, _| {
+            if x < 16 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let upright = decode_rgb(&jpeg_with_orientation(&stored, 1), Path::new("a.jpg")).unwrap();
+        assert_eq!(upright.dimensions(), (32, 16));
+        let turned = decode_rgb(&jpeg_with_orientation(&stored, 6), Path::new("b.jpg")).unwrap();
+        assert_eq!(turned.dimensions(), (16, 32));
+        // Rotated clockwise, the left (red) half ends on top.
+        assert!(turned.get_pixel(8, 4)[0] > 200 && turned.get_pixel(8, 4)[2] < 60);
+        assert!(turned.get_pixel(8, 28)[2] > 200 && turned.get_pixel(8, 28)[0] < 60);
     }
 
     #[test]

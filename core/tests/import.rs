@@ -116,6 +116,44 @@ fn missing_and_unexpected_keys_are_listed() {
 }
 
 #[test]
+fn an_index_offset_other_than_zero_is_refused_not_a_panic() {
+    use sftok_core::checkpoint::state::{StoredTensor, Values};
+    let weights = parity_dir().join("weights.safetensors");
+    let mut tensors = read_safetensors_bytes(&std::fs::read(&weights).unwrap()).unwrap();
+    let config = SftokConfig::from_file(&parity_dir().join("config.json")).unwrap();
+    tensors.insert(
+        "quantize.index_offset".into(),
+        StoredTensor {
+            shape: vec![1],
+            values: Values::I64(vec![1 << 40]),
+        },
+    );
+    let msg = build_sftok(&config, tensors, &Device::flex(), &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("quantize.index_offset is 1099511627776"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_run_folder_loads_as_the_model_it_publishes() {
+    let run = temp_dir("run-folder");
+    let model = run.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "teacher.safetensors"] {
+        let src = repo().join("assets/models/default").join(f);
+        std::fs::copy(src, model.join(f)).unwrap();
+    }
+    // A run's own config.json is a training configuration, not a model's.
+    std::fs::write(run.join("config.json"), "{\"stage\": \"stage1\"}").unwrap();
+    let loaded = load_model_dir(&run, &Device::flex()).expect("the run's model/ is used");
+    assert!(loaded.teacher.is_some());
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+#[test]
 fn a_truncated_safetensors_file_is_a_clear_error() {
     let dir = temp_dir("truncated");
     std::fs::create_dir_all(&dir).unwrap();

@@ -26,6 +26,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        anyhow::bail!(
+            "--out {} is a file; --out names the model directory to create (config.json and \
+             model.safetensors go inside it)",
+            args.out.display()
+        );
+    }
     let preset = SftokConfig::preset(&args.preset)?;
     let device = super::device(DeviceChoice::Cpu)?;
     let loaded = import_official(

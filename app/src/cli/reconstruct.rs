@@ -38,6 +38,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.temperature.is_finite() || !(0.0..=100.0).contains(&args.temperature) {
+        anyhow::bail!(
+            "--temperature {}: give a number from 0 (deterministic, the default) to 100; about 1 \
+             samples in proportion to the model's probabilities",
+            args.temperature
+        );
+    }
+    if let Some(out) = &args.out {
+        super::check_writable_file("--out", out)?;
+    }
     let chosen = super::device(args.device)?;
     let model_dir = args.model.clone().unwrap_or_else(super::default_model_dir);
     let loaded = load_model_dir(&model_dir, &chosen.device)

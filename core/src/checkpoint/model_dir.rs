@@ -27,6 +27,13 @@ pub struct LoadedModel {
 
 /// Loads `dir/config.json`, `dir/model.safetensors` and, if present, `dir/teacher.safetensors`.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    // A training run's folder stands for the model it publishes in `model/`.
+    let published = dir.join("model");
+    let dir = if !dir.join(MODEL_FILE).is_file() && published.join(MODEL_FILE).is_file() {
+        published.as_path()
+    } else {
+        dir
+    };
     if !dir.is_dir() {
         return Err(SftokError::Other(format!(
             "model directory {} does not exist; a model directory holds {CONFIG_FILE} and {MODEL_FILE} (make one with `sftok import` or `sftok train`)",
@@ -79,6 +86,19 @@ pub fn build_sftok(
 ) -> Result<Sftok> {
     config.validate()?;
     let tensors = normalize_official_keys(tensors);
+    // One codebook group: its offset is 0. Anything else is not a model this program runs (and
+    // a huge value would not even fit the integer type the backend stores it in).
+    if let Some(t) = tensors.get("quantize.index_offset")
+        && let super::state::Values::I64(values) = &t.values
+        && let Some(bad) = values.iter().find(|&&v| v != 0)
+    {
+        return Err(SftokError::Weights {
+            path: source.to_path_buf(),
+            message: format!(
+                "quantize.index_offset is {bad}; this model has one codebook group, whose offset is 0"
+            ),
+        });
+    }
     load_state_dict(Sftok::new(config, device), tensors, device, source)
 }
 
@@ -147,7 +167,7 @@ pub fn save_model_dir(
     model: &Sftok,
     teacher: Option<&Vqgan>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| SftokError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| SftokError::write(dir, e))?;
     write_atomic(&dir.join(CONFIG_FILE), config.to_json().as_bytes())?;
     if let Some(teacher) = teacher {
         write_safetensors(&dir.join(TEACHER_FILE), &state_dict(teacher))?;

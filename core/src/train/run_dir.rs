@@ -82,7 +82,7 @@ impl RunDir {
             self.previews_dir(),
             self.checkpoints_dir(),
         ] {
-            std::fs::create_dir_all(&dir).map_err(|e| SftokError::io(&dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| SftokError::write(&dir, e))?;
         }
         Ok(())
     }
@@ -92,7 +92,7 @@ impl RunDir {
     /// of both writing checkpoints and metrics (issue 17). The kernel releases the lock when the
     /// process dies, so a killed run never leaves a stale lock.
     pub fn lock(&self) -> Result<RunLock> {
-        std::fs::create_dir_all(&self.root).map_err(|e| SftokError::io(&self.root, e))?;
+        std::fs::create_dir_all(&self.root).map_err(|e| SftokError::write(&self.root, e))?;
         let path = self.root.join(".lock");
         let file = OpenOptions::new()
             .create(true)
@@ -100,7 +100,7 @@ impl RunDir {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| SftokError::io(&path, e))?;
+            .map_err(|e| SftokError::write(&path, e))?;
         #[cfg(unix)]
         {
             use std::os::fd::AsRawFd;
@@ -151,8 +151,8 @@ impl RunDir {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| SftokError::io(&path, e))?;
-        writeln!(f, "{row}").map_err(|e| SftokError::io(&path, e))
+            .map_err(|e| SftokError::write(&path, e))?;
+        writeln!(f, "{row}").map_err(|e| SftokError::write(&path, e))
     }
 
     /// Drops metric rows past `step` (after resuming from an earlier checkpoint, rows logged
@@ -208,12 +208,12 @@ impl RunDir {
         keep: usize,
     ) -> Result<PathBuf> {
         let dir = self.checkpoints_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| SftokError::io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| SftokError::write(&dir, e))?;
         // Other writers' leftovers are removed when the run's lock is taken (`lock`).
         let name = format!("step_{:08}", state.step);
         let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| SftokError::io(&tmp, e))?;
+        std::fs::create_dir_all(&tmp).map_err(|e| SftokError::write(&tmp, e))?;
         for (file, tensors) in files {
             write_synced(&tmp.join(file), &safetensors_bytes(tensors, None)?)?;
         }
@@ -225,9 +225,9 @@ impl RunDir {
         write_synced(&tmp.join(STATE_FILE), &json)?;
         let final_path = dir.join(&name);
         if final_path.exists() {
-            std::fs::remove_dir_all(&final_path).map_err(|e| SftokError::io(&final_path, e))?;
+            std::fs::remove_dir_all(&final_path).map_err(|e| SftokError::write(&final_path, e))?;
         }
-        std::fs::rename(&tmp, &final_path).map_err(|e| SftokError::io(&final_path, e))?;
+        std::fs::rename(&tmp, &final_path).map_err(|e| SftokError::write(&final_path, e))?;
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
@@ -257,9 +257,9 @@ impl RunDir {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| SftokError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| SftokError::io(path, e))?;
-    f.sync_all().map_err(|e| SftokError::io(path, e))
+    let mut f = File::create(path).map_err(|e| SftokError::write(path, e))?;
+    f.write_all(bytes).map_err(|e| SftokError::write(path, e))?;
+    f.sync_all().map_err(|e| SftokError::write(path, e))
 }
 
 #[cfg(test)]
