@@ -97,7 +97,7 @@ fn main() {
                 }
                 M::Tok(m) => {
                     let loss = match stage.as_str() {
-                        "stage3" => (stage3_forward(&m, x.clone(), &draw) - x.clone())
+                        "stage3" => (stage3_forward(&m, x.clone(), &draw, false).0 - x.clone())
                             .powi_scalar(2)
                             .mean(),
                         _ => {

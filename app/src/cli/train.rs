@@ -83,6 +83,13 @@ pub struct Args {
     /// Teacher: codes unused for this many steps are moved onto encoder outputs (0: never).
     #[arg(long, default_value_t = 100)]
     pub dead_code_window: u64,
+    /// Stages 1 and 2: weight of the soft-embedding loss beside the CE (not in the paper; see
+    /// docs/token_stages.md); 0 turns it off
+    #[arg(long)]
+    pub soft_embedding_weight: Option<f32>,
+    /// Stage 3: train the encoder too, end to end in pixel space (the paper freezes it)
+    #[arg(long)]
+    pub train_encoder: bool,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
     #[arg(long, default_value_t = 200)]
@@ -136,9 +143,13 @@ impl Args {
 
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     let model = match (&args.init, &args.teacher, args.stage) {
-        // A stage that starts from a run takes that run's model configuration.
-        (Some(init), _, StageKind::Stage2 | StageKind::Stage3) => model_config_of(init)
-            .with_context(|| format!("reading the configuration of --init {}", init.display()))?,
+        // A stage that starts from a run takes that run's model configuration (stage 1 too:
+        // continuing a warm-up run, where --preset would name a model the weights do not fit).
+        (Some(init), _, StageKind::Stage1 | StageKind::Stage2 | StageKind::Stage3) => {
+            model_config_of(init).with_context(|| {
+                format!("reading the configuration of --init {}", init.display())
+            })?
+        }
         (_, Some(teacher), StageKind::Stage1) => {
             let mut c = SftokConfig::preset(&args.preset)?;
             // The teacher fixes the proxy-code vocabulary and grid.
@@ -156,7 +167,7 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     let mut config = TrainConfig::for_stage(args.stage, model, args.data.clone(), args.steps);
     config.teacher = args.teacher.clone();
     config.init = args.init.clone();
-    if args.stage == StageKind::Stage2 && config.teacher.is_none() {
+    if matches!(args.stage, StageKind::Stage1 | StageKind::Stage2) && config.teacher.is_none() {
         // The --init run carries its teacher.
         config.teacher = args.init.clone();
     }
@@ -196,6 +207,10 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
         config.codebook_ema_decay = None;
     }
     config.dead_code_window = args.dead_code_window;
+    config.stage3_train_encoder = args.train_encoder;
+    if let Some(w) = args.soft_embedding_weight {
+        config.soft_embedding_weight = w;
+    }
     config.log_every = args.log_every;
     config.preview_every = args.preview_every;
     config.checkpoint_every = args.checkpoint_every;

@@ -117,6 +117,14 @@ pub struct TrainConfig {
     /// descent on the codebook loss (the official loss; it collapses when trained from scratch).
     #[serde(default)]
     pub codebook_ema_decay: Option<f64>,
+    /// Stages 1 and 2: weight of the soft-embedding loss (`token_step::soft_embedding_loss`), a
+    /// term the official recipe does not have; 0 turns it off.
+    #[serde(default)]
+    pub soft_embedding_weight: f32,
+    /// Stage 3: also train the encoder, quantizer and latent tokens (end to end in pixel space;
+    /// the paper freezes them).
+    #[serde(default)]
+    pub stage3_train_encoder: bool,
     /// Held-out images measured during training (PSNR, proxy-code accuracy, code use), live
     /// and EMA weights, every `eval_every` steps; logged in `metrics.jsonl` as `heldout_*`.
     #[serde(default)]
@@ -203,6 +211,8 @@ impl TrainConfig {
             gan,
             dead_code_window: 100,
             codebook_ema_decay: (stage == StageKind::Teacher).then_some(0.99),
+            soft_embedding_weight: 0.0,
+            stage3_train_encoder: false,
             eval_data: None,
             eval_every: 250,
         }

@@ -13,8 +13,14 @@ use crate::model::Sftok;
 use crate::reconstruct::ids_tensor;
 
 /// The reconstruction of a stage-3 step `[B, 3, H, W]` (unclamped; gradients reach the decoder,
-/// the pixel codebook and the pixel decoder only).
-pub fn stage3_forward(model: &Sftok, pixels: Tensor<4>, draw: &MaskDraw) -> Tensor<4> {
+/// the pixel codebook and the pixel decoder only), and with `train_encoder` (not the paper's
+/// recipe) also the encoder: then the quantizer loss is returned too.
+pub fn stage3_forward(
+    model: &Sftok,
+    pixels: Tensor<4>,
+    draw: &MaskDraw,
+    train_encoder: bool,
+) -> (Tensor<4>, Option<Tensor<1>>) {
     let device = pixels.device();
     let m1 = first_step_prediction(model, pixels.clone());
     let inputs = stage2_inputs(
@@ -24,12 +30,18 @@ pub fn stage3_forward(model: &Sftok, pixels: Tensor<4>, draw: &MaskDraw) -> Tens
         Stage2Inputs::SelfForcing { replace_prob: 1.0 },
         model.mask_token_id as i64,
     );
-    // The encoder and quantizer are frozen: their output is a constant for this step.
-    let frozen = model.valid();
-    let zq = frozen
-        .encode(pixels.inner(), AssignmentMode::SinkhornBatch)
-        .z_st
-        .autodiff();
+    let (zq, quantizer_loss) = if train_encoder {
+        let q = model.encode(pixels, AssignmentMode::SinkhornBatch);
+        (q.z_st, Some(q.loss))
+    } else {
+        // The encoder and quantizer are frozen: their output is a constant for this step.
+        let frozen = model.valid();
+        let zq = frozen
+            .encode(pixels.inner(), AssignmentMode::SinkhornBatch)
+            .z_st
+            .autodiff();
+        (zq, None)
+    };
     let logits = model.decode_logits(ids_tensor(&inputs.ids, &device), zq);
-    model.pixels_from_logits(logits)
+    (model.pixels_from_logits(logits), quantizer_loss)
 }

@@ -27,7 +27,7 @@ use super::run_dir::{ResumeState, RunDir};
 use super::teacher_step::{
     CodeUsage, codebook_values, perplexity, restart_dead_codes, set_codebook, teacher_forward,
 };
-use super::token_step::{TokenStage, proxy_accuracy, token_step};
+use super::token_step::{TokenStage, proxy_accuracy, soft_embedding_loss, token_step};
 use crate::checkpoint::files::read_weights;
 use crate::checkpoint::model_dir::fill_pixel_parts_from_teacher;
 use crate::checkpoint::state::{StateDict, state_dict};
@@ -823,8 +823,14 @@ fn run_shard(
         Trainee::Tokenizer(m) => {
             let draw = draw.ok_or_else(|| SftokError::Other("no mask draw for a shard".into()))?;
             if config.stage == StageKind::Stage3 {
-                let recon = stage3_forward(m, x.clone(), draw);
-                let (loss, parts) = pixel_losses(config, &x, &recon, lpips, disc, ctx.gan_on);
+                let (recon, quantizer_loss) =
+                    stage3_forward(m, x.clone(), draw, config.stage3_train_encoder);
+                let (mut loss, mut parts) =
+                    pixel_losses(config, &x, &recon, lpips, disc, ctx.gan_on);
+                if let Some(q) = quantizer_loss {
+                    parts.push(("quantizer_loss", scalar(&q)));
+                    loss = loss + q;
+                }
                 (loss, parts, recon)
             } else {
                 let teacher = teacher.ok_or_else(|| {
@@ -839,18 +845,24 @@ fn run_shard(
                 let out = token_step(m, x.clone(), &proxy, stage, draw);
                 accuracy = Some(proxy_accuracy(&out.logits, &proxy));
                 codes = out.latent_ids.iter().flatten().copied().collect();
-                let parts = vec![
+                let mut parts = vec![
                     ("recon_loss", scalar(&out.recon_loss)),
                     ("quantizer_loss", scalar(&out.quantizer_loss)),
                     ("commitment_loss", scalar(&out.commitment_loss)),
                     ("codebook_loss", scalar(&out.codebook_loss)),
                 ];
+                let mut total = out.total_loss;
+                if config.soft_embedding_weight > 0.0 {
+                    let soft = soft_embedding_loss(m, out.logits.clone(), &proxy);
+                    parts.push(("soft_embedding_loss", scalar(&soft)));
+                    total = total + soft.mul_scalar(config.soft_embedding_weight);
+                }
                 let recon = if ctx.wants_preview {
                     m.valid().pixels_from_logits(out.logits.clone().inner())
                 } else {
                     x.clone()
                 };
-                (out.total_loss, parts, recon)
+                (total, parts, recon)
             }
         }
     };
@@ -950,11 +962,13 @@ fn initial_model(config: &TrainConfig, teacher: Option<&Vqgan>, ad: &Device) -> 
                 )));
             };
             let model = load_sftok_weights(&model_dir_of(path), config, ad)?;
-            Ok(Trainee::Tokenizer(if config.stage == StageKind::Stage3 {
-                freeze_for_stage3(model)
-            } else {
-                model
-            }))
+            Ok(Trainee::Tokenizer(
+                if config.stage == StageKind::Stage3 && !config.stage3_train_encoder {
+                    freeze_for_stage3(model)
+                } else {
+                    model
+                },
+            ))
         }
     }
 }
@@ -1089,7 +1103,7 @@ fn checkpoint(
 
     // Publish the EMA weights (the ones evaluated) as a model directory.
     let out = run.model_dir();
-    std::fs::create_dir_all(&out).map_err(|e| SftokError::io(&out, e))?;
+    std::fs::create_dir_all(&out).map_err(|e| SftokError::write(&out, e))?;
     crate::checkpoint::files::write_atomic(
         &out.join(CONFIG_FILE),
         config.model.to_json().as_bytes(),
@@ -1136,11 +1150,13 @@ fn restore(
         }
         Trainee::Tokenizer(_) => {
             let m = build_sftok(&config.model, weights, ad, &source)?;
-            Trainee::Tokenizer(if config.stage == StageKind::Stage3 {
-                freeze_for_stage3(m)
-            } else {
-                m
-            })
+            Trainee::Tokenizer(
+                if config.stage == StageKind::Stage3 && !config.stage3_train_encoder {
+                    freeze_for_stage3(m)
+                } else {
+                    m
+                },
+            )
         }
     };
     let extras: serde_json::Value = std::fs::read_to_string(path.join("extra.json"))
