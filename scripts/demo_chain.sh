@@ -3,7 +3,8 @@
 #
 #   scripts/demo_chain.sh PART [PART ...]
 #
-# PART: teacher | stage1 | sfvr | vanilla | bundle | eval
+# PART: teacher | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | bundle | eval
+# (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each, which is what is bundled)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -20,13 +21,12 @@ RUNS=${RUNS:-runs}
 DEVICE=${DEVICE:-auto}
 SFTOK=${SFTOK:-cargo run --release -q -p sftok-app --}
 
-# The lengths of the bundled chain (steps at batch 16).
+# The lengths of the bundled chain (steps at batch 16). The token stages use the small-model
+# defaults of `sftok train` (learning rate 1e-3, soft-embedding loss; see docs/token_stages.md).
 TEACHER_STEPS=${TEACHER_STEPS:-3000}
-STAGE1_STEPS=${STAGE1_STEPS:-2000}
-STAGE2_STEPS=${STAGE2_STEPS:-1500}
-# Peak learning rate of the token stages: the paper's 1e-4 (set for batch 256+) left stage 1 at
-# chance after 300 steps at batch 16 (held-out proxy accuracy 0.6 %, CE 6.1 nats of ln 512 = 6.24).
-TOKEN_LR=${TOKEN_LR:-5e-4}
+STAGE1_STEPS=${STAGE1_STEPS:-3500}
+STAGE2_STEPS=${STAGE2_STEPS:-300}
+STAGE3_STEPS=${STAGE3_STEPS:-300}
 
 # `--resume` when the run has a checkpoint, so the same command starts or continues a part.
 resume_flag() {
@@ -47,20 +47,23 @@ for part in "$@"; do
       train "$RUNS/teacher" teacher --preset demo --steps "$TEACHER_STEPS"
       ;;
     stage1)
-      train "$RUNS/stage1" stage1 --preset demo --teacher "$RUNS/teacher" --steps "$STAGE1_STEPS" --lr "$TOKEN_LR"
+      train "$RUNS/stage1" stage1 --preset demo --teacher "$RUNS/teacher" --steps "$STAGE1_STEPS"
       ;;
     sfvr)
-      train "$RUNS/sfvr" stage2 --init "$RUNS/stage1" --steps "$STAGE2_STEPS" --lr "$TOKEN_LR"
+      train "$RUNS/sfvr" stage2 --init "$RUNS/stage1" --steps "$STAGE2_STEPS"
       ;;
     vanilla)
-      train "$RUNS/vanilla" stage2 --init "$RUNS/stage1" --vanilla --steps "$STAGE2_STEPS" --lr "$TOKEN_LR"
+      train "$RUNS/vanilla" stage2 --init "$RUNS/stage1" --vanilla --steps "$STAGE2_STEPS"
+      ;;
+    sfvr3 | vanilla3)
+      train "$RUNS/$part" stage3 --init "$RUNS/${part%3}" --steps "$STAGE3_STEPS" --no-gan
       ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       cp "$RUNS/teacher/model/config.json" "$RUNS/teacher/model/teacher.safetensors" assets/models/teacher/
       for m in sfvr vanilla; do
-        cp "$RUNS/$m/model/config.json" "$RUNS/$m/model/model.safetensors" \
-          "$RUNS/$m/model/teacher.safetensors" "assets/models/$m/"
+        cp "$RUNS/${m}3/model/config.json" "$RUNS/${m}3/model/model.safetensors" \
+          "$RUNS/${m}3/model/teacher.safetensors" "assets/models/$m/"
       done
       ;;
     eval)
@@ -68,7 +71,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, stage1, sfvr, vanilla, bundle or eval" >&2
+      echo "unknown part $part: use teacher, stage1, sfvr, vanilla, sfvr3, vanilla3, bundle or eval" >&2
       exit 2
       ;;
   esac

@@ -277,3 +277,79 @@ fn the_bundled_models_load_and_reconstruct_a_sample() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("assets/models/sfvr"));
 }
+
+/// `sftok paired` on an eval report: the paired difference of two models equals the mean of
+/// their per-image differences, the tables and the plot are written, and a group naming a model
+/// the report lacks is a clear error.
+#[test]
+fn paired_compares_recipes_image_by_image() {
+    let dir = temp_dir("paired");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["astronaut.png", "chelsea.png", "coffee.png"] {
+        std::fs::copy(repo().join("assets/samples").join(name), data.join(name)).unwrap();
+    }
+    let a = repo().join("assets/models/sfvr");
+    let b = repo().join("assets/models/default");
+    let json = dir.join("eval.json");
+    run_ok(
+        sftok()
+            .args(["eval", "--device", "cpu", "--steps", "1,2", "--model"])
+            .arg(&a)
+            .arg("--model")
+            .arg(&b)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json")
+            .arg(&json),
+    );
+    let (la, lb) = (a.display().to_string(), b.display().to_string());
+    let md = dir.join("paired.md");
+    let table = run_ok(
+        sftok()
+            .args(["paired", "--eval"])
+            .arg(&json)
+            .arg("--group")
+            .arg(format!("A={la}"))
+            .arg("--group")
+            .arg(format!("B={lb}"))
+            .args(["--versus", "A:B", "--markdown"])
+            .arg(&md)
+            .arg("--plot")
+            .arg(dir.join("paired.png")),
+    );
+    assert!(md.is_file() && dir.join("paired.png").is_file());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let per = |label: &str| -> Vec<f64> {
+        report["results"][label]["2"]["per_image_psnr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let diff: f64 = per(&la)
+        .iter()
+        .zip(per(&lb))
+        .map(|(x, y)| x - y)
+        .sum::<f64>()
+        / 3.0;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| 2 |"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(&format!("{diff:+.3}")), "{diff} in {row}");
+
+    let out = sftok()
+        .args(["paired", "--eval"])
+        .arg(&json)
+        .args(["--group", "A=/no/such/model", "--versus", "A:A"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/no/such/model"),
+        "{stderr}"
+    );
+}

@@ -277,6 +277,43 @@ fn stage3_leaves_the_encoder_quantizer_and_latent_tokens_bit_identical() {
     }
 }
 
+/// `--train-encoder` (not the paper's stage 3): the encoder learns from the pixel loss too, and
+/// the soft-embedding loss of the small presets' token stages is logged and finite.
+#[test]
+fn stage3_with_train_encoder_changes_the_encoder_and_soft_embedding_loss_is_logged() {
+    let data = image_folder("s3e-data", 8);
+    let teacher = tiny_teacher(&data, "s3e");
+    let s1 = temp_dir("s3e-init");
+    let mut c1 = tiny_config(StageKind::Stage1, &data, 2);
+    c1.teacher = Some(teacher);
+    assert_eq!(
+        c1.soft_embedding_weight, 1.0,
+        "small presets use it by default"
+    );
+    c1.log_every = 1;
+    let (result, events) = run(c1, &s1, false);
+    result.unwrap();
+    let soft: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Metrics(m) => m.get("soft_embedding_loss").and_then(|v| v.as_f64()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !soft.is_empty() && soft.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{soft:?}"
+    );
+    let out = temp_dir("s3e");
+    let mut c3 = tiny_config(StageKind::Stage3, &data, 2);
+    c3.init = Some(s1.clone());
+    c3.stage3_train_encoder = true;
+    run(c3, &out, false).0.unwrap();
+    let before = read_weights(&s1.join("model/model.safetensors")).unwrap();
+    let after = read_weights(&out.join("model/model.safetensors")).unwrap();
+    assert_ne!(only(&before, &["encoder."]), only(&after, &["encoder."]));
+}
+
 #[test]
 fn unreadable_training_files_are_skipped_and_listed() {
     let data = image_folder("corrupt-data", 8);

@@ -4,6 +4,7 @@ mod curves;
 mod eval;
 mod fid;
 mod import;
+mod paired;
 mod reconstruct;
 pub mod train;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Train(train::Args),
     /// Plot learning curves (held-out PSNR, perplexity, proxy accuracy, loss) of runs as a PNG.
     Curves(curves::Args),
+    /// Compare recipes (groups of models, e.g. seeds) from an eval report, image by image, with 95% intervals.
+    Paired(paired::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +57,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Curves(args) => curves::run(args),
+        Command::Paired(args) => paired::run(args),
         Command::App(args) => crate::gui::run_with(args.view),
     }
 }

@@ -3,6 +3,7 @@
 pub mod frechet;
 pub mod inception;
 pub mod metrics;
+pub mod paired;
 pub mod plot;
 pub mod references;
 pub mod report;

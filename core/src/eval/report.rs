@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use image::RgbImage;
 use image::imageops::FilterType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::LoadedModel;
 use crate::config::AssignmentMode;
@@ -47,14 +47,16 @@ impl Default for EvalOptions {
 
 /// Figures of one model at one step count (means over the images, and each image's own values in
 /// the order of [`EvalReport::image_names`], for paired comparisons between models).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub psnr: f64,
     pub ssim: f64,
     /// Fraction of proxy codes equal to the teacher's codes of the same image.
     pub proxy_accuracy: Option<f64>,
+    #[serde(default)]
     pub per_image_psnr: Vec<f64>,
     /// Empty without a teacher.
+    #[serde(default)]
     pub per_image_proxy_accuracy: Vec<f64>,
     /// Of the OptVQ codebook, over all latent tokens of the evaluated images.
     pub codebook_utilisation: f64,
@@ -64,7 +66,7 @@ pub struct StepMetrics {
 }
 
 /// The teacher's own reconstruction (encode, decode): the reference a model is measured against.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TeacherMetrics {
     pub psnr: f64,
     pub ssim: f64,
@@ -75,7 +77,7 @@ pub struct TeacherMetrics {
 
 /// A trivial reference (`eval::references`): no model, just the image's mean colour or its
 /// block means, on the same crops.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferenceMetrics {
     pub name: String,
     pub psnr: f64,
@@ -84,11 +86,12 @@ pub struct ReferenceMetrics {
 
 /// Paths are kept as text (non-UTF-8 bytes replaced) so that any file name can be written to the
 /// JSON report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub data: String,
     pub images: usize,
     /// The evaluated files, in the order of every `per_image_*` list.
+    #[serde(default)]
     pub image_names: Vec<String>,
     /// Files that could not be read, with the reason.
     pub skipped: Vec<(String, String)>,
@@ -98,6 +101,7 @@ pub struct EvalReport {
     /// The teacher of each model, keyed like `results`.
     pub teacher: BTreeMap<String, TeacherMetrics>,
     /// The trivial references at the first model's metric size (mean colour, block means).
+    #[serde(default)]
     pub references: Vec<ReferenceMetrics>,
     /// "on", or why rFID was not computed.
     pub rfid: String,

@@ -186,3 +186,28 @@ pub fn proxy_accuracy(logits: &Tensor<3>, proxy: &[Vec<i64>]) -> f64 {
         .count() as f64
         / total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SftokConfig;
+
+    /// Confident and right: about 0. Uniform over every code, with each code once as the target:
+    /// exactly the codebook's spread, i.e. 1.
+    #[test]
+    fn soft_embedding_loss_is_zero_when_sure_and_one_for_the_average_code() {
+        let device = Device::flex();
+        let model = Sftok::new(&SftokConfig::tiny(), &device);
+        let v = model.pixel_quantize.embedding.weight.dims()[0];
+        let targets: Vec<Vec<i64>> = vec![(0..v as i64).collect()];
+        let sure: Vec<f32> = (0..v)
+            .flat_map(|n| (0..v).map(move |k| if k == n { 60.0 } else { 0.0 }))
+            .collect();
+        let logits = Tensor::<3>::from_data(TensorData::new(sure, [1, v, v]), &device);
+        let loss = soft_embedding_loss(&model, logits, &targets).into_scalar::<f32>();
+        assert!(loss.abs() < 1e-4, "{loss}");
+        let uniform = Tensor::<3>::zeros([1, v, v], &device);
+        let loss = soft_embedding_loss(&model, uniform, &targets).into_scalar::<f32>();
+        assert!((loss - 1.0).abs() < 1e-3, "{loss}");
+    }
+}
