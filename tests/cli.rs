@@ -7,9 +7,12 @@ use common::{repo, sftok, temp_dir};
 fn reconstruct_writes_a_strip_and_prints_psnr_per_step() {
     let dir = temp_dir("recon");
     let out = dir.join("strip.png");
+    let tokens = dir.join("tokens.json");
     let result = sftok()
         .args(["reconstruct", "--device", "cpu", "--steps", "4", "--out"])
         .arg(&out)
+        .arg("--tokens")
+        .arg(&tokens)
         .arg(repo().join("assets/samples/chelsea.png"))
         .output()
         .unwrap();
@@ -35,6 +38,23 @@ fn reconstruct_writes_a_strip_and_prints_psnr_per_step() {
     // original | 4 steps | teacher, 2 px apart.
     assert_eq!(strip.width(), 6 * size + 5 * 2);
     assert_eq!(strip.height(), size);
+    // The ids: every position committed by the last step, and the mask only in the inputs.
+    let ids: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokens).unwrap()).unwrap();
+    let steps = ids["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4);
+    let mask = ids["mask_token_id"].as_i64().unwrap();
+    let first_inputs = steps[0]["input_ids"].as_array().unwrap();
+    assert!(first_inputs.iter().all(|v| v.as_i64() == Some(mask)));
+    let last = steps[3]["committed_ids"].as_array().unwrap();
+    assert_eq!(last, ids["final_ids"].as_array().unwrap());
+    assert!(last.iter().all(|v| v.as_i64().is_some_and(|id| id != mask)));
+    assert_eq!(
+        ids["teacher_ids"].as_array().unwrap().len(),
+        last.len(),
+        "{ids}"
+    );
+    assert!(!ids["latent_ids"].as_array().unwrap().is_empty());
 }
 
 #[test]

@@ -402,7 +402,18 @@ impl SftokConfig {
         let value: Value =
             serde_json::from_str(&python_json_to_json(&text)).map_err(|e| SftokError::Config {
                 path: path.into(),
-                message: format!("not JSON ({e})"),
+                message: if looks_like_yaml(&text) {
+                    format!(
+                        "it looks like YAML (the official training configs are YAML), and a \
+                         config.json is needed. Convert it once with Python: python3 -c \
+                         \"import sys, json, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), \
+                         open(sys.argv[2], 'w'))\" {} config.json, or use the config.json that \
+                         comes with the official weights",
+                        path.display()
+                    )
+                } else {
+                    format!("not JSON ({e})")
+                },
             })?;
         Self::from_json_value(&value).map_err(|message| SftokError::Config {
             path: path.into(),
@@ -683,6 +694,21 @@ fn get_usize_list(v: &Value, key: &str, ctx: &str) -> std::result::Result<Vec<us
         .ok_or_else(|| format!("missing or malformed list `{ctx}.{key}`"))
 }
 
+/// A YAML mapping rather than JSON: the first meaningful line is `key:` or `key: value`.
+fn looks_like_yaml(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && l != &"---")
+        .is_some_and(|l| {
+            !l.starts_with('{')
+                && l.split_once(':').is_some_and(|(k, _)| {
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,5 +778,26 @@ mod tests {
     fn unknown_preset_names_the_known_ones() {
         let e = SftokConfig::preset("huge").unwrap_err().to_string();
         assert!(e.contains("sftok-b"), "{e}");
+    }
+
+    #[test]
+    fn a_yaml_config_gets_the_conversion_command() {
+        let dir = std::env::temp_dir().join(format!("sftok-yaml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sftok_b.yaml");
+        std::fs::write(
+            &path,
+            "# official\nmodel:\n  vq_model:\n    codebook_size: 8192\n",
+        )
+        .unwrap();
+        let msg = SftokConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("YAML") && msg.contains("yaml.safe_load"),
+            "{msg}"
+        );
+        std::fs::write(&path, "[1, 2").unwrap();
+        let msg = SftokConfig::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("not JSON") && !msg.contains("YAML"), "{msg}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

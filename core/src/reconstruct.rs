@@ -81,8 +81,6 @@ pub struct Trace {
     pub final_logits: Tensor<3>,
     /// The reconstruction: the pixel head on the last step's logits, `[B, 3, H, W]`, unclamped.
     pub pixels: Tensor<4>,
-    /// The teacher's decoding of the committed ids, clamped, when a teacher was given.
-    pub teacher_of_final: Option<Tensor<4>>,
     /// The teacher's own reconstruction of the input (encode, decode), when a teacher was given.
     pub teacher_reconstruction: Option<Tensor<4>>,
     /// The teacher's codes of the input, `[B][N]`, when a teacher was given.
@@ -115,11 +113,9 @@ fn reconstruct_here(
     let mut trace = generate_here(model, zq, opts);
     trace.latent_ids = latent_ids;
     if let Some(teacher) = teacher {
-        let device = pixels.device();
         let teacher_codes = teacher.encode(pixels);
         trace.teacher_reconstruction = Some(teacher.decode(teacher_codes.clone()));
         trace.teacher_ids = Some(rows_i64(teacher_codes));
-        trace.teacher_of_final = Some(teacher.decode(ids_tensor(&trace.final_ids, &device)));
     }
     trace
 }
@@ -229,7 +225,6 @@ fn generate_here(model: &Sftok, zq: Tensor<4>, opts: &ReconstructOptions) -> Tra
         final_ids: ids,
         final_logits,
         pixels,
-        teacher_of_final: None,
         teacher_reconstruction: None,
         teacher_ids: None,
     }

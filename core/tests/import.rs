@@ -116,6 +116,39 @@ fn missing_and_unexpected_keys_are_listed() {
 }
 
 #[test]
+fn import_checks_its_inputs_first_and_recognises_a_teacher_given_as_weights() {
+    let device = Device::flex();
+    let out = temp_dir("inputs");
+    let fallback = SftokConfig::sftok_b();
+    let msg = import_official(
+        &official_dir().join("pytorch_model.bin"),
+        Some(&official_dir().join("config.json")),
+        &fallback,
+        Some(Path::new("/no/such/teacher.bin")),
+        &out,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("--teacher /no/such/teacher.bin: no such file"),
+        "{msg}"
+    );
+    let msg = import_official(
+        &official_dir().join("maskgit-vqgan-teacher.bin"),
+        Some(&official_dir().join("config.json")),
+        &fallback,
+        None,
+        &out,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("looks like a MaskGIT-VQGAN teacher"), "{msg}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
 fn an_index_offset_other_than_zero_is_refused_not_a_panic() {
     use sftok_core::checkpoint::state::{StoredTensor, Values};
     let weights = parity_dir().join("weights.safetensors");

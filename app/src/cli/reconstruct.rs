@@ -32,6 +32,10 @@ pub struct Args {
     /// Seed of the sampling noise (used when --temperature > 0).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the token ids as JSON: the latent tokens' OptVQ ids, then per step the proxy
+    /// ids fed in, sampled and committed, the final ids and the teacher's own codes.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
     /// OptVQ assignment: sinkhorn-per-image (default), sinkhorn-batch (official) or nearest.
     #[arg(long, default_value = "sinkhorn-per-image")]
     pub assignment: AssignmentMode,
@@ -47,6 +51,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(out) = &args.out {
         super::check_writable_file("--out", out)?;
+    }
+    if let Some(tokens) = &args.tokens {
+        super::check_writable_file("--tokens", tokens)?;
     }
     let chosen = super::device(args.device)?;
     let model_dir = args.model.clone().unwrap_or_else(super::default_model_dir);
@@ -104,7 +111,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from(format!("{stem}_recon.png"))
     });
+    // The strip: original | step 1 .. step T | teacher, 2 px white gaps between them.
     save_png(&hstack(&strip, 2), &out)?;
     eprintln!("wrote {}", out.display());
+    if let Some(path) = &args.tokens {
+        let steps: Vec<serde_json::Value> = trace
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                serde_json::json!({
+                    "step": i + 1,
+                    "input_ids": s.input_ids[0],
+                    "sampled_ids": s.sampled_ids[0],
+                    "committed_ids": s.output_ids[0],
+                    "kept": s.kept[0],
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "image": args.image.to_string_lossy(),
+            "model": model_dir.to_string_lossy(),
+            "mask_token_id": loaded.model.mask_token_id,
+            "latent_ids": trace.latent_ids[0],
+            "steps": steps,
+            "final_ids": trace.final_ids[0],
+            "teacher_ids": trace.teacher_ids.as_ref().map(|t| t[0].clone()),
+        });
+        sftok_core::checkpoint::files::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }

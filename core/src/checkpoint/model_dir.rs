@@ -34,6 +34,12 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     } else {
         dir
     };
+    if dir.is_file() {
+        return Err(SftokError::Other(format!(
+            "{} is a file, not a model directory (a folder with {CONFIG_FILE} and {MODEL_FILE}); official weights are converted into one with `sftok import --weights FILE --out DIR`",
+            dir.display()
+        )));
+    }
     if !dir.is_dir() {
         return Err(SftokError::Other(format!(
             "model directory {} does not exist; a model directory holds {CONFIG_FILE} and {MODEL_FILE} (make one with `sftok import` or `sftok train`)",
@@ -185,11 +191,40 @@ pub fn import_official(
     out: &Path,
     device: &Device,
 ) -> Result<LoadedModel> {
+    // Every input is checked before any is read (the weights can be hundreds of MB).
+    for (flag, path) in [
+        ("--weights", Some(weights)),
+        ("--config", config_file),
+        ("--teacher", teacher_file),
+    ] {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            return Err(SftokError::Other(format!(
+                "{flag} {}: {}",
+                path.display(),
+                if path.is_dir() {
+                    "is a folder; give the file itself"
+                } else {
+                    "no such file"
+                }
+            )));
+        }
+    }
     let config = match config_file {
         Some(path) => SftokConfig::from_file(path)?,
         None => fallback_config.clone(),
     };
     let mut tensors = read_weights(weights)?;
+    let stripped =
+        |k: &str| tensors.contains_key(k) || tensors.contains_key(&format!("module.{k}"));
+    if stripped("quantize.embedding.weight") && !stripped("latent_tokens") {
+        return Err(SftokError::Other(format!(
+            "{} looks like a MaskGIT-VQGAN teacher (it has quantize.embedding.weight and no \
+             latent_tokens): pass it as --teacher, and the SFTok weights as --weights",
+            weights.display()
+        )));
+    }
     let teacher = match teacher_file {
         Some(path) => {
             let teacher_tensors = strip_prefix(read_weights(path)?, "module.");
@@ -200,6 +235,14 @@ pub fn import_official(
     };
     let model = build_sftok(&config, tensors, device, weights)?;
     save_model_dir(out, &config, &model, teacher.as_ref())?;
+    // The directory is replaced as a whole: a teacher left from an earlier import into the same
+    // folder would otherwise be loaded with these weights.
+    if teacher.is_none() {
+        let stale = out.join(TEACHER_FILE);
+        if stale.is_file() {
+            std::fs::remove_file(&stale).map_err(|e| SftokError::write(&stale, e))?;
+        }
+    }
     Ok(LoadedModel {
         dir: out.to_path_buf(),
         config,
