@@ -16,6 +16,11 @@ pub mod reconstruct;
 pub mod schedule;
 pub mod train;
 
+// The calls a library user needs first: load a model directory, turn images into a batch,
+// reconstruct it step by step, and turn the result back into images.
+pub use checkpoint::{LoadedModel, load_model_dir};
 pub use config::{AssignmentMode, SftokConfig};
+pub use image_io::{center_crop_resize, images_to_tensor, load_rgb, tensor_to_images};
+pub use reconstruct::{ReconstructOptions, Trace, reconstruct};
 pub use device::{ChosenDevice, DeviceChoice, choose_device, choose_devices};
 pub use error::{Result, SftokError};
