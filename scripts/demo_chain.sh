@@ -4,7 +4,8 @@
 #   scripts/demo_chain.sh PART [PART ...]
 #
 # PART: teacher | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | bundle | eval
-# (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each, which is what is bundled)
+# (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each, which is what is bundled;
+#  sfvr and vanilla themselves, before stage 3, are what docs/experiments.md compares)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -26,7 +27,7 @@ SFTOK=${SFTOK:-cargo run --release -q -p sftok-app --}
 TEACHER_STEPS=${TEACHER_STEPS:-3000}
 STAGE1_STEPS=${STAGE1_STEPS:-3500}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
-STAGE3_STEPS=${STAGE3_STEPS:-300}
+STAGE3_STEPS=${STAGE3_STEPS:-400}
 
 # `--resume` when the run has a checkpoint, so the same command starts or continues a part.
 resume_flag() {
@@ -56,7 +57,10 @@ for part in "$@"; do
       train "$RUNS/vanilla" stage2 --init "$RUNS/stage1" --vanilla --steps "$STAGE2_STEPS"
       ;;
     sfvr3 | vanilla3)
-      train "$RUNS/$part" stage3 --init "$RUNS/${part%3}" --steps "$STAGE3_STEPS" --no-gan
+      # --train-encoder: end to end in pixel space (the paper freezes the encoder here; with a
+      # few thousand steps of token training the latent tokens still miss detail that the
+      # pixel loss supplies; docs/token_stages.md). No GAN: PSNR is the target.
+      train "$RUNS/$part" stage3 --init "$RUNS/${part%3}" --steps "$STAGE3_STEPS" --no-gan --train-encoder
       ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla

@@ -55,7 +55,7 @@ pub struct StudioApp {
     pub edit: TokenEdit,
     pub training: TrainingPanel,
     /// Messages for the user (errors say what to do), newest last.
-    pub messages: Vec<String>,
+    pub messages: Vec<Message>,
     pub device: String,
     pub gpu_grid: bool,
     close_dialog: bool,
@@ -180,7 +180,7 @@ impl StudioApp {
                 ModelEvent::DeviceReady(d) => self.device = d,
                 ModelEvent::DeviceFailed(e) => {
                     self.device = "none".into();
-                    self.messages.push(format!("No device for the models: {e}"));
+                    self.messages.push_error(format!("No device for the models: {e}"));
                 }
                 ModelEvent::Loaded { slot, info } => {
                     let s = &mut self.slots[slot as usize];
@@ -199,7 +199,7 @@ impl StudioApp {
                 }
                 ModelEvent::LoadFailed { slot, dir, message } => {
                     self.slots[slot as usize].loading = None;
-                    self.messages.push(format!(
+                    self.messages.push_error(format!(
                         "Model {} could not be loaded from {}: {message}. Choose a model directory (config.json + model.safetensors) made by `sftok import` or `sftok train`.",
                         slot.name(),
                         dir.display()
@@ -214,8 +214,7 @@ impl StudioApp {
                     self.traces.insert(slot, key, *trace);
                 }
                 ModelEvent::TraceFailed { slot, key, message } => {
-                    self.messages
-                        .push(format!("Reconstruction failed: {message}"));
+                    self.messages.push_error(format!("Reconstruction failed: {message}"));
                     self.traces.fail(slot, key, message);
                 }
             }
@@ -234,12 +233,12 @@ impl StudioApp {
         for path in dropped {
             if path.is_dir() {
                 if let Err(e) = self.gallery.open_folder(&path, ctx) {
-                    self.messages.push(e);
+                    self.messages.push_error(e);
                 }
             } else if is_image_path(&path) {
                 files.push(path);
             } else {
-                self.messages.push(format!(
+                self.messages.push_error(format!(
                     "{} is not an image this app reads (JPEG, PNG, WebP or BMP)",
                     path.display()
                 ));
@@ -282,7 +281,7 @@ impl StudioApp {
                         self.gallery.open(files, ui.ctx());
                     }
                     Ok(None) => {}
-                    Err(e) => self.messages.push(e),
+                    Err(e) => self.messages.push_error(e),
                 }
             }
             if ui.button("Open folder...").clicked() {
@@ -290,11 +289,11 @@ impl StudioApp {
                     Ok(Some(dir)) => {
                         self.settings.last_image_dir = Some(dir.clone());
                         if let Err(e) = self.gallery.open_folder(&dir, ui.ctx()) {
-                            self.messages.push(e);
+                            self.messages.push_error(e);
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => self.messages.push(e),
+                    Err(e) => self.messages.push_error(e),
                 }
             }
             if ui.button("Add samples").clicked() {
@@ -309,7 +308,14 @@ impl StudioApp {
         let mut dismiss = None;
         for (i, m) in self.messages.iter().enumerate().rev().take(3) {
             ui.horizontal(|ui| {
-                ui.colored_label(ui.visuals().warn_fg_color, m);
+                // Failures in the error colour, news (a finished run) in the normal text colour.
+                let colour = if m.error {
+                    ui.visuals().error_fg_color
+                } else {
+                    ui.visuals().strong_text_color()
+                };
+                ui.colored_label(colour, if m.error { "⚠" } else { "✔" });
+                ui.colored_label(colour, &m.text);
                 if ui.small_button("Dismiss").clicked() {
                     dismiss = Some(i);
                 }
@@ -349,21 +355,31 @@ impl eframe::App for StudioApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.handle_model_events();
         for e in self.gallery.poll() {
-            self.messages.push(e);
+            self.messages.push_error(e);
         }
         self.handle_dropped_files(ctx);
         for outcome in self.training.poll(ctx) {
             match outcome {
                 TrainingOutcome::FineTuned { base, tuned } => self.show_comparison(base, tuned),
-                TrainingOutcome::RunEnded { model_dir, stopped } => self.messages.push(format!(
+                TrainingOutcome::RunEnded {
+                    model_dir,
+                    stopped,
+                    paused,
+                } => self.messages.push_info(format!(
                     "Training {}; its model is in {} (load it into A or B to look at it).",
-                    if stopped { "stopped" } else { "finished" },
+                    if paused {
+                        "paused (Resume continues it)"
+                    } else if stopped {
+                        "stopped"
+                    } else {
+                        "finished"
+                    },
                     model_dir.display()
                 )),
             }
         }
         if let Some(e) = self.training.take_error() {
-            self.messages.push(e);
+            self.messages.push_error(e);
         }
         // Never lose a running training to a closed window.
         if ctx.input(|i| i.viewport().close_requested()) && self.training.is_running() {
@@ -441,5 +457,34 @@ pub fn bundled_models(assets: &Path) -> (PathBuf, PathBuf) {
         (sfvr, vanilla)
     } else {
         (models.join("default"), models.join("default"))
+    }
+}
+
+/// A line in the message bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub text: String,
+    /// A failure (shown in the error colour) rather than news.
+    pub error: bool,
+}
+
+/// Pushing messages by kind.
+pub trait Messages {
+    fn push_error(&mut self, text: impl Into<String>);
+    fn push_info(&mut self, text: impl Into<String>);
+}
+
+impl Messages for Vec<Message> {
+    fn push_error(&mut self, text: impl Into<String>) {
+        self.push(Message {
+            text: text.into(),
+            error: true,
+        });
+    }
+    fn push_info(&mut self, text: impl Into<String>) {
+        self.push(Message {
+            text: text.into(),
+            error: false,
+        });
     }
 }

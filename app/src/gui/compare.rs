@@ -3,7 +3,7 @@
 
 use egui::TextureOptions;
 
-use super::app::StudioApp;
+use super::app::{Messages, StudioApp};
 use super::gallery::rgb_to_color_image;
 use super::model_worker::Slot;
 use super::scrub::{image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace};
@@ -142,7 +142,7 @@ pub fn finetune_button_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
         if clicked && let Some(base) = base {
             let ctx = ui.ctx().clone();
             if let Err(e) = app.training.start_finetune(base, images, &ctx) {
-                app.messages.push(e);
+                app.messages.push_error(e);
             }
         }
     });

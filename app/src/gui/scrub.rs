@@ -4,7 +4,7 @@
 use egui::{Color32, RichText, Sense, Stroke, TextureHandle, Vec2, pos2, vec2};
 use egui_plot::{Line, Plot, PlotPoints, Points, VLine};
 
-use super::app::StudioApp;
+use super::app::{Messages, StudioApp};
 use super::model_worker::{Slot, TraceKey};
 use super::token_grid::{GridCells, cell_at, cell_rect, paint_grid};
 use super::trace_data::CodeState;
@@ -152,7 +152,7 @@ pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label
             match super::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
                 Ok(Some(dir)) => app.load_model(slot, dir),
                 Ok(None) => {}
-                Err(e) => app.messages.push(e),
+                Err(e) => app.messages.push_error(e),
             }
         }
     });

@@ -115,7 +115,12 @@ pub enum TrainingOutcome {
     /// A fine-tune finished: open `tuned` beside `base` in the compare view.
     FineTuned { base: PathBuf, tuned: PathBuf },
     /// A run finished or stopped and published its model in `model_dir`.
-    RunEnded { model_dir: PathBuf, stopped: bool },
+    RunEnded {
+        model_dir: PathBuf,
+        stopped: bool,
+        /// Stopped with Pause: to be continued with Resume.
+        paused: bool,
+    },
 }
 
 /// The training running in this app.
@@ -634,6 +639,7 @@ impl TrainingPanel {
                             _ => TrainingOutcome::RunEnded {
                                 model_dir: outcome.model_dir,
                                 stopped: outcome.stopped,
+                                paused: outcome.stopped && job.pausing,
                             },
                         });
                     }
@@ -865,7 +871,12 @@ impl TrainingPanel {
                 self.report(result);
             }
             if ui
-                .add_enabled(running && !stopping, egui::Button::new("Stop"))
+                .add_enabled(
+                    running && !stopping,
+                    egui::Button::new(
+                        egui::RichText::new("Stop").color(ui.visuals().error_fg_color),
+                    ),
+                )
                 .on_hover_text("stop after writing a checkpoint and publish the model")
                 .clicked()
             {

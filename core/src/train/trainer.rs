@@ -359,8 +359,11 @@ fn train_inner(
             let context = ShardContext {
                 config: &config,
                 gan_on,
+                // Every `preview_every` steps, and at the last step (so that a run shorter than
+                // the interval still shows one).
                 wants_preview: config.preview_every > 0
-                    && (step + 1).is_multiple_of(config.preview_every),
+                    && ((step + 1).is_multiple_of(config.preview_every)
+                        || step + 1 == config.steps),
                 wants_latents,
                 main: ad.clone(),
             };
@@ -686,7 +689,7 @@ fn train_inner(
             emit(TrainEvent::Metrics(row));
         }
         if config.preview_every > 0
-            && step.is_multiple_of(config.preview_every)
+            && (step.is_multiple_of(config.preview_every) || step == config.steps)
             && let Some((orig, recon)) = preview.take()
         {
             let path = write_preview(&run, step, orig, recon)?;
