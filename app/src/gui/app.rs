@@ -314,7 +314,11 @@ impl StudioApp {
                 } else {
                     ui.visuals().strong_text_color()
                 };
-                ui.colored_label(colour, if m.error { "⚠" } else { "✔" });
+                // (Words, not symbols: egui's bundled fonts have no warning sign.)
+                ui.colored_label(
+                    colour,
+                    egui::RichText::new(if m.error { "Problem:" } else { "Done:" }).strong(),
+                );
                 ui.colored_label(colour, &m.text);
                 if ui.small_button("Dismiss").clicked() {
                     dismiss = Some(i);
