@@ -408,7 +408,8 @@ fn a_tiny_run_starts_pauses_resumes_and_stops() {
         outcomes,
         [TrainingOutcome::RunEnded {
             model_dir: run.join("model"),
-            stopped: true
+            stopped: true,
+            paused: true,
         }]
     );
     assert!(run.join("model/teacher.safetensors").is_file());
