@@ -68,9 +68,17 @@ fn start_xvfb() -> (Xvfb, u32) {
 }
 
 /// Starts the app on `view`, waits for `ready` on its stderr, and takes a screenshot.
-fn screenshot(display: u32, home: &Path, view: &str, ready: &str, out: &Path) {
+fn screenshot(
+    display: u32,
+    home: &Path,
+    view: &str,
+    window: Option<&str>,
+    ready: &str,
+    out: &Path,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sftok"))
         .args(["app", "--view", view])
+        .args(window.map(|w| ["--window", w]).into_iter().flatten())
         .env("DISPLAY", format!(":{display}"))
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))
@@ -117,6 +125,20 @@ fn screenshot(display: u32, home: &Path, view: &str, ready: &str, out: &Path) {
         .expect("running import");
     assert!(status.success(), "import failed");
     drop(app);
+    // The display is larger than the window, which sits at its top-left corner (no window
+    // manager): keep the window only.
+    let (w, h) = window
+        .and_then(|w| w.split_once('x'))
+        .map_or((1280, 820), |(w, h)| {
+            (w.parse().unwrap(), h.parse().unwrap())
+        });
+    let shot = image::open(out).unwrap().to_rgb8();
+    let w = w.min(shot.width());
+    let h = h.min(shot.height());
+    image::imageops::crop_imm(&shot, 0, 0, w, h)
+        .to_image()
+        .save(out)
+        .unwrap();
 }
 
 /// A screenshot is "not blank" when it has many colours and real contrast.
@@ -154,17 +176,21 @@ fn the_app_window_shows_each_view() {
     let home = std::env::temp_dir().join(format!("sftok-window-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     let keep = std::env::var_os("SFTOK_SCREENSHOT_DIR").map(PathBuf::from);
-    for (view, ready) in [
-        ("reconstruct", "first reconstruction ready"),
-        ("compare", "first reconstruction ready"),
-        ("train", "model B loaded"),
-    ] {
-        let out = home.join(format!("{view}.png"));
-        screenshot(display, &home, view, ready, &out);
-        assert_not_blank(&out);
-        if let Some(dir) = &keep {
-            std::fs::create_dir_all(dir).unwrap();
-            std::fs::copy(&out, dir.join(format!("{view}.png"))).unwrap();
+    // The default window, and the small one a laptop gives.
+    for (window, suffix) in [(None, ""), (Some("1000x700"), "-1000x700")] {
+        for (view, ready) in [
+            ("reconstruct", "first reconstruction ready"),
+            ("compare", "first reconstruction ready"),
+            ("train", "model B loaded"),
+        ] {
+            let name = format!("{view}{suffix}.png");
+            let out = home.join(&name);
+            screenshot(display, &home, view, window, ready, &out);
+            assert_not_blank(&out);
+            if let Some(dir) = &keep {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::copy(&out, dir.join(&name)).unwrap();
+            }
         }
     }
 }

@@ -48,6 +48,29 @@ pub struct AppArgs {
     /// The view to open: reconstruct, compare or train (default: the last one used).
     #[arg(long)]
     pub view: Option<crate::gui::settings::View>,
+    /// The window's size in points, WIDTHxHEIGHT (default 1280x820; at least 720x480).
+    #[arg(long)]
+    pub window: Option<WindowSize>,
+}
+
+/// `WIDTHxHEIGHT`, e.g. `1000x700`.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSize(pub [f32; 2]);
+
+impl std::str::FromStr for WindowSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s}: write the size as WIDTHxHEIGHT, e.g. 1000x700");
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let (w, h): (f32, f32) = (
+            w.trim().parse().map_err(|_| bad())?,
+            h.trim().parse().map_err(|_| bad())?,
+        );
+        if !(720.0..=8192.0).contains(&w) || !(480.0..=8192.0).contains(&h) {
+            return Err(format!("{s}: the window needs 720x480 to 8192x8192"));
+        }
+        Ok(WindowSize([w, h]))
+    }
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -58,7 +81,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Curves(args) => curves::run(args),
         Command::Paired(args) => paired::run(args),
-        Command::App(args) => crate::gui::run_with(args.view),
+        Command::App(args) => crate::gui::run_with(args.view, args.window.map(|w| w.0)),
     }
 }
 

@@ -180,7 +180,8 @@ impl StudioApp {
                 ModelEvent::DeviceReady(d) => self.device = d,
                 ModelEvent::DeviceFailed(e) => {
                     self.device = "none".into();
-                    self.messages.push_error(format!("No device for the models: {e}"));
+                    self.messages
+                        .push_error(format!("No device for the models: {e}"));
                 }
                 ModelEvent::Loaded { slot, info } => {
                     let s = &mut self.slots[slot as usize];
@@ -214,7 +215,8 @@ impl StudioApp {
                     self.traces.insert(slot, key, *trace);
                 }
                 ModelEvent::TraceFailed { slot, key, message } => {
-                    self.messages.push_error(format!("Reconstruction failed: {message}"));
+                    self.messages
+                        .push_error(format!("Reconstruction failed: {message}"));
                     self.traces.fail(slot, key, message);
                 }
             }

@@ -24,11 +24,12 @@ pub use app::StudioApp;
 
 /// Opens the window. The wgpu renderer is the default; `SFTOK_RENDERER=glow` picks OpenGL.
 pub fn run() -> anyhow::Result<()> {
-    run_with(None)
+    run_with(None, None)
 }
 
 /// Opens the window on `view` (or the last view used).
-pub fn run_with(view: Option<settings::View>) -> anyhow::Result<()> {
+/// `size`: the window's inner size in points (default 1280 x 820).
+pub fn run_with(view: Option<settings::View>, size: Option<[f32; 2]>) -> anyhow::Result<()> {
     let wants_glow = std::env::var("SFTOK_RENDERER").is_ok_and(|r| r.eq_ignore_ascii_case("glow"));
     let first = if wants_glow {
         eframe::Renderer::Glow
@@ -37,7 +38,7 @@ pub fn run_with(view: Option<settings::View>) -> anyhow::Result<()> {
     };
     // eframe cannot open a second event loop in one process, so a failed renderer cannot be
     // retried with the other here: the message says how to choose it.
-    launch(first, view).map_err(|e| {
+    launch(first, view, size).map_err(|e| {
         let hint = if first == eframe::Renderer::Wgpu {
             "; if no Vulkan/Metal/DX12 driver is available, try OpenGL with SFTOK_RENDERER=glow"
         } else {
@@ -47,12 +48,16 @@ pub fn run_with(view: Option<settings::View>) -> anyhow::Result<()> {
     })
 }
 
-fn launch(renderer: eframe::Renderer, view: Option<settings::View>) -> eframe::Result {
+fn launch(
+    renderer: eframe::Renderer,
+    view: Option<settings::View>,
+    size: Option<[f32; 2]>,
+) -> eframe::Result {
     let options = eframe::NativeOptions {
         renderer,
         viewport: egui::ViewportBuilder::default()
             .with_title("SFTok Studio")
-            .with_inner_size([1280.0, 820.0])
+            .with_inner_size(size.unwrap_or([1280.0, 820.0]))
             .with_min_inner_size([720.0, 480.0])
             .with_drag_and_drop(true),
         ..Default::default()
