@@ -428,7 +428,16 @@ impl SftokConfig {
         } else if value.pointer("/model/vq_model").is_some() {
             Self::from_official(value)?
         } else {
-            serde_json::from_value::<SftokConfig>(value.clone()).map_err(|e| e.to_string())?
+            serde_json::from_value::<SftokConfig>(value.clone()).map_err(|e| {
+                // serde's message names the type, not the field; NaN and Infinity (written by
+                // Python's json) arrive here as null.
+                match first_null(value, String::new()) {
+                    Some(field) => {
+                        format!("{field} is NaN, Infinity or null; give it a finite number ({e})")
+                    }
+                    None => e.to_string(),
+                }
+            })?
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
@@ -694,6 +703,30 @@ fn get_usize_list(v: &Value, key: &str, ctx: &str) -> std::result::Result<Vec<us
         .ok_or_else(|| format!("missing or malformed list `{ctx}.{key}`"))
 }
 
+/// The dotted path of the first null in `value` (depth first).
+fn first_null(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::Null => Some(if path.is_empty() {
+            "the value".into()
+        } else {
+            path
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            first_null(v, p)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_null(v, format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 /// A YAML mapping rather than JSON: the first meaningful line is `key:` or `key: value`.
 fn looks_like_yaml(text: &str) -> bool {
     text.lines()
@@ -799,5 +832,13 @@ mod tests {
         let msg = SftokConfig::from_file(&path).unwrap_err().to_string();
         assert!(msg.contains("not JSON") && !msg.contains("YAML"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_nan_in_a_config_names_its_field() {
+        let mut value = serde_json::to_value(SftokConfig::tiny()).unwrap();
+        value["encoder"]["mlp_ratio"] = Value::Null;
+        let msg = SftokConfig::from_json_value(&value).unwrap_err();
+        assert!(msg.contains("encoder.mlp_ratio is NaN"), "{msg}");
     }
 }

@@ -20,7 +20,7 @@ pub mod train;
 // reconstruct it step by step, and turn the result back into images.
 pub use checkpoint::{LoadedModel, load_model_dir};
 pub use config::{AssignmentMode, SftokConfig};
-pub use image_io::{center_crop_resize, images_to_tensor, load_rgb, tensor_to_images};
-pub use reconstruct::{ReconstructOptions, Trace, reconstruct};
 pub use device::{ChosenDevice, DeviceChoice, choose_device, choose_devices};
 pub use error::{Result, SftokError};
+pub use image_io::{center_crop_resize, images_to_tensor, load_rgb, tensor_to_images};
+pub use reconstruct::{ReconstructOptions, Trace, reconstruct};
