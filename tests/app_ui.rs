@@ -162,6 +162,7 @@ fn compare_view_shows_both_models_and_their_difference() {
         trace_ready(a, Slot::A) && trace_ready(a, Slot::B)
     });
     h.get_by_label_contains("|A - B|");
+    h.get_by_label("Original");
     h.get_by_label("<").click();
     h.step();
     assert_eq!(h.state().scrub.step, 7, "one scrubber for both models");

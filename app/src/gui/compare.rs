@@ -33,6 +33,18 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
 
     let mut shown = Vec::new();
     ui.horizontal(|ui| {
+        // The input first, so that both reconstructions are read against it.
+        let original = Slot::BOTH.iter().find_map(|&slot| {
+            app.traces
+                .get_mut(slot, &key)
+                .map(|cached| cached.textures(&ctx).original.clone())
+        });
+        if let Some(original) = original {
+            ui.vertical(|ui| {
+                ui.label("Original");
+                image_ui(ui, &original);
+            });
+        }
         for slot in Slot::BOTH {
             ui.vertical(|ui| {
                 let Some(cached) = app.traces.get_mut(slot, &key) else {
@@ -46,10 +58,7 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 let step = step.min(data.num_steps()).min(steps.len());
                 match step {
                     0 => {
-                        ui.label(format!(
-                            "{}: step 0 (all masked); the original:",
-                            slot.name()
-                        ));
+                        ui.label(format!("{}: step 0 (all masked)", slot.name()));
                         image_ui(ui, &original);
                     }
                     k => {
