@@ -7,10 +7,7 @@ use super::app::{Messages, StudioApp};
 use super::gallery::rgb_to_color_image;
 use super::model_worker::Slot;
 use super::scrub::{image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace};
-use super::trace_data::difference_image;
-
-/// Gain of the difference image: the models' images differ by a few levels.
-const DIFF_GAIN: f32 = 4.0;
+use super::trace_data::{difference_gain, difference_image};
 
 pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     model_picker_ui(app, ui, Slot::A, "A");
@@ -79,30 +76,30 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
             && a.original.dimensions() == b.original.dimensions()
         {
             ui.vertical(|ui| {
-                ui.label(format!("|A - B| x{DIFF_GAIN}"));
                 // One texture per (models, image, T, step), kept in egui's memory: the difference
-                // is computed once, and scrubbing back is free.
+                // is computed once, and scrubbing back is free. Its gain adapts to the pair
+                // (the 99th percentile of the difference is white) and is shown.
                 let models: Vec<_> = Slot::BOTH
                     .iter()
                     .map(|&s| app.slot(s).info.as_ref().map(|i| i.dir.clone()))
                     .collect();
                 let id = egui::Id::unique(("diff", models, key.clone(), step));
-                let texture = ctx
-                    .data(|d| d.get_temp::<egui::TextureHandle>(id))
+                let (texture, gain) = ctx
+                    .data(|d| d.get_temp::<(egui::TextureHandle, f32)>(id))
                     .unwrap_or_else(|| {
-                        let diff = difference_image(
-                            &a.steps[step - 1].image,
-                            &b.steps[step - 1].image,
-                            DIFF_GAIN,
-                        );
+                        let (ia, ib) = (&a.steps[step - 1].image, &b.steps[step - 1].image);
+                        let gain = difference_gain(ia, ib);
+                        let diff = difference_image(ia, ib, gain);
                         let t = ctx.load_texture(
                             "diff",
                             rgb_to_color_image(&diff),
                             TextureOptions::NEAREST,
                         );
-                        ctx.data_mut(|d| d.insert_temp(id, t.clone()));
-                        t
+                        ctx.data_mut(|d| d.insert_temp(id, (t.clone(), gain)));
+                        (t, gain)
                     });
+                ui.label(format!("|A - B| x{gain:.1}"))
+                    .on_hover_text("the difference of the two images at this step, amplified so that its largest 1 % is white");
                 image_ui(ui, &texture);
             });
         }

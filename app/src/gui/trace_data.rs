@@ -151,6 +151,24 @@ impl TraceData {
 }
 
 /// `|a - b|` per channel, scaled by `gain` (differences are small; 4x makes them visible).
+/// The gain that maps the 99th percentile of `|a - b|` to full white (at least 1, at most 16):
+/// a fixed gain either saturates most of the image (x4 turned 36 % of one pair pure white) or
+/// shows nothing when the models nearly agree.
+pub fn difference_gain(a: &RgbImage, b: &RgbImage) -> f32 {
+    let mut diffs: Vec<u8> = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .collect();
+    if diffs.is_empty() {
+        return 1.0;
+    }
+    let k = (diffs.len() * 99 / 100).min(diffs.len() - 1);
+    let (_, p99, _) = diffs.select_nth_unstable(k);
+    (255.0 / (*p99).max(1) as f32).clamp(1.0, 16.0)
+}
+
 pub fn difference_image(a: &RgbImage, b: &RgbImage, gain: f32) -> RgbImage {
     RgbImage::from_fn(a.width(), a.height(), |x, y| {
         let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
@@ -158,4 +176,30 @@ pub fn difference_image(a: &RgbImage, b: &RgbImage, gain: f32) -> RgbImage {
             ((p[c] as f32 - q[c] as f32).abs() * gain).min(255.0) as u8
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pair differing by 10 levels everywhere gets a gain of 25.5, capped at 16; identical
+    /// images get 16 too (nothing to amplify), a pair differing by 200 gets about 1.3, and then
+    /// at most 1 % of the difference image is saturated.
+    #[test]
+    fn difference_gain_keeps_the_difference_visible_without_saturating_it() {
+        let grey = |v: u8| RgbImage::from_pixel(16, 16, image::Rgb([v, v, v]));
+        assert_eq!(difference_gain(&grey(100), &grey(110)), 16.0);
+        assert_eq!(difference_gain(&grey(100), &grey(100)), 16.0);
+        let g = difference_gain(&grey(20), &grey(220));
+        assert!((g - 255.0 / 200.0).abs() < 1e-4, "{g}");
+        let ramp = RgbImage::from_fn(32, 32, |x, y| {
+            let v = ((x + 32 * y) % 256) as u8 / 4;
+            image::Rgb([v, v, v])
+        });
+        let black = RgbImage::new(32, 32);
+        let gain = difference_gain(&ramp, &black);
+        let diff = difference_image(&ramp, &black, gain);
+        let white = diff.as_raw().iter().filter(|&&v| v == 255).count();
+        assert!(white * 100 <= diff.as_raw().len() * 2, "{white}");
+    }
 }
