@@ -167,9 +167,18 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     let mut config = TrainConfig::for_stage(args.stage, model, args.data.clone(), args.steps);
     config.teacher = args.teacher.clone();
     config.init = args.init.clone();
-    if matches!(args.stage, StageKind::Stage1 | StageKind::Stage2) && config.teacher.is_none() {
-        // The --init run carries its teacher.
-        config.teacher = args.init.clone();
+    if config.teacher.is_none() {
+        // The --init run carries its teacher (stage 3 passes it on to its model when it has
+        // one, so that the result can still be measured against it).
+        let carries = |dir: &std::path::Path| {
+            dir.join("teacher.safetensors").is_file()
+                || dir.join("model/teacher.safetensors").is_file()
+        };
+        config.teacher = match (args.stage, &args.init) {
+            (StageKind::Stage1 | StageKind::Stage2, init) => init.clone(),
+            (StageKind::Stage3, Some(init)) if carries(init) => Some(init.clone()),
+            _ => None,
+        };
     }
     config.stage2_inputs = if args.vanilla {
         Stage2Inputs::Vanilla
