@@ -149,6 +149,33 @@ fn import_checks_its_inputs_first_and_recognises_a_teacher_given_as_weights() {
 }
 
 #[test]
+fn a_bare_pickle_is_told_from_a_legacy_torch_file() {
+    let dir = temp_dir("pickles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bare = dir.join("bare.bin");
+    std::fs::write(&bare, b"\x80\x02}q\x00.").unwrap();
+    let msg = sftok_core::checkpoint::files::read_weights(&bare)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bare pickle") && !msg.contains("legacy"),
+        "{msg}"
+    );
+    // torch < 1.6 starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+    let legacy = dir.join("legacy.bin");
+    std::fs::write(
+        &legacy,
+        b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.",
+    )
+    .unwrap();
+    let msg = sftok_core::checkpoint::files::read_weights(&legacy)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("legacy"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn an_index_offset_other_than_zero_is_refused_not_a_panic() {
     use sftok_core::checkpoint::state::{StoredTensor, Values};
     let weights = parity_dir().join("weights.safetensors");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use super::pytorch::{RawDType, RawTensor, read_pytorch_bytes};
+use super::pytorch::{RawDType, RawTensor, read_pytorch_bytes, read_pytorch_file};
 use super::state::{StateDict, StoredTensor, Values};
 use crate::error::{Result, SftokError};
 
@@ -20,23 +20,29 @@ fn weights_error(path: &Path, message: impl Into<String>) -> SftokError {
 
 /// Reads a safetensors or PyTorch (zip) weights file into a state dict, by content, not by name.
 pub fn read_weights(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| SftokError::io(path, e))?;
-    if bytes.starts_with(b"PK\x03\x04") {
-        let raw = read_pytorch_bytes(&bytes).map_err(|e| weights_error(path, e.to_string()))?;
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    File::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .map_err(|e| SftokError::io(path, e))?;
+    if head.starts_with(b"PK\x03\x04") {
+        // Entry by entry through the zip index (only data.pkl and the storages are inflated).
+        let raw = read_pytorch_file(path).map_err(|e| weights_error(path, e.to_string()))?;
         return Ok(raw
             .into_iter()
             .map(|t| (t.name.clone(), StoredTensor::from(t)))
             .collect());
     }
+    let bytes = std::fs::read(path).map_err(|e| SftokError::io(path, e))?;
     read_safetensors_bytes(&bytes).map_err(|message| {
-        // A pickle opcode (PROTO) at the start: PyTorch's pre-1.6 format, or a bare pickle.
-        // (Checked only after safetensors failed: a safetensors header length can start with
-        // the same byte.)
+        // A pickle opcode (PROTO) at the start: PyTorch's pre-1.6 format or a bare pickle, which
+        // the PyTorch reader tells apart. (Checked only after safetensors failed: a safetensors
+        // header length can start with the same byte.)
         if bytes.first() == Some(&0x80) {
-            weights_error(
-                path,
-                "this is a legacy PyTorch file (before torch 1.6), which is not read here; re-save it with `torch.save(state_dict, path)` in torch >= 1.6, or convert it to .safetensors",
-            )
+            match read_pytorch_bytes(&bytes) {
+                Err(e) => weights_error(path, e.to_string()),
+                Ok(_) => weights_error(path, message),
+            }
         } else {
             weights_error(path, message)
         }
