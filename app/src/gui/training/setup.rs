@@ -95,6 +95,19 @@ pub fn config_from_settings(s: &TrainSettings, run_dir: &Path) -> Result<TrainCo
         .as_deref()
         .ok_or("choose a data folder (the images to train on) first")?;
     check_folder(data, "data folder")?;
+    // Refused here, before anything starts, rather than by the loader after the run has
+    // appeared to begin ("step 0 / 30" with nothing happening).
+    if let Ok(folder) = sftok_core::data::ImageFolder::scan(data)
+        && folder.paths().len() < s.batch_size.max(1)
+    {
+        return Err(format!(
+            "the batch size ({}) is larger than the {} image(s) in {}: lower Batch size to {} or add images",
+            s.batch_size,
+            folder.paths().len(),
+            data.display(),
+            folder.paths().len().max(1)
+        ));
+    }
     if let Some(teacher) = &s.teacher {
         check_teacher(teacher)?;
     }

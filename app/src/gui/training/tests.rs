@@ -137,7 +137,7 @@ fn settings_survive_serde_and_old_files() {
 
 #[test]
 fn configurations_from_settings() {
-    let data = data_folder("config", 1);
+    let data = data_folder("config", 3);
     let run = temp_dir("config-run");
     let base = PathBuf::from(DEFAULT_MODEL);
     let base_config = SftokConfig::from_file(&base.join("config.json")).unwrap();
@@ -155,6 +155,11 @@ fn configurations_from_settings() {
     let e = config_from_settings(&s, &run).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
     s.data = Some(data.clone());
+    // A batch larger than the folder is refused before anything starts.
+    s.batch_size = 8;
+    let e = config_from_settings(&s, &run).unwrap_err();
+    assert!(e.contains("lower Batch size to 3"), "{e}");
+    s.batch_size = 3;
     let c = config_from_settings(&s, &run).unwrap();
     assert_eq!(c.stage, StageKind::Teacher);
     assert_eq!(c.model, SftokConfig::demo());
@@ -217,10 +222,11 @@ fn run_folders_and_resume() {
     let e = resume_config(&run, 10).unwrap_err();
     assert!(e.contains("no checkpoint"), "{e}");
     // A run with a checkpoint: a new run there is refused, resuming reads its configuration.
-    let data = data_folder("folders-data", 1);
+    let data = data_folder("folders-data", 4);
     let s = TrainSettings {
         data: Some(data),
         steps: 30,
+        batch_size: 4,
         ..TrainSettings::default()
     };
     let config = write_run_config(&run, &s);
@@ -529,7 +535,7 @@ fn write_run_config(run: &Path, settings: &TrainSettings) -> TrainConfig {
 /// and a checkpoint.
 fn fake_run(tag: &str, steps: u64) -> PathBuf {
     let run = temp_dir(tag);
-    let data = data_folder(&format!("{tag}-data"), 1);
+    let data = data_folder(&format!("{tag}-data"), 4);
     let s = TrainSettings {
         stage: StageKind::Teacher,
         data: Some(data),
