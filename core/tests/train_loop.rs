@@ -155,6 +155,14 @@ fn resuming_gives_the_same_next_steps_as_an_uninterrupted_run() {
     )
     .unwrap();
     assert!(interrupted.stopped && interrupted.step == 2);
+    // A checkpoint without its extra.json (damaged, or from an older version) is refused, not
+    // resumed inexactly; restored, the resume below is exact.
+    let (_, ckpt) = RunDir::new(&split).latest_checkpoint().unwrap();
+    let extra = std::fs::read(ckpt.join("extra.json")).unwrap();
+    std::fs::remove_file(ckpt.join("extra.json")).unwrap();
+    let e = run(config.clone(), &split, true).0.unwrap_err().to_string();
+    assert!(e.contains("extra.json") && e.contains("cannot be resumed exactly"), "{e}");
+    std::fs::write(ckpt.join("extra.json"), extra).unwrap();
     let (r, events) = run(config, &split, true);
     assert_eq!(r.unwrap().step, 4);
     let resumed = losses(&events);

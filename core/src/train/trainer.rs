@@ -1162,10 +1162,22 @@ fn restore(
             )
         }
     };
-    let extras: serde_json::Value = std::fs::read_to_string(path.join("extra.json"))
+    // Every checkpoint this trainer writes holds extra.json (the optimiser step count, the
+    // codebook's moving averages, ...); without it a resume would silently differ from an
+    // uninterrupted run, so it is refused.
+    let extra_path = path.join("extra.json");
+    let extras: serde_json::Value = std::fs::read_to_string(&extra_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            SftokError::Other(format!(
+                "the checkpoint {} has no readable extra.json (the optimiser and codebook state), \
+                 so it cannot be resumed exactly: it is damaged or was written by an older \
+                 version. Remove that folder to resume from the checkpoint before it, or start a \
+                 new run",
+                path.display()
+            ))
+        })?;
     let optim_steps = extras["optim_steps"].as_u64().unwrap_or(state.step);
     progress.optim.load_state_dict(
         &RunDir::read_checkpoint_file(path, "optim.safetensors")?,
