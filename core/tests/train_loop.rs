@@ -161,7 +161,10 @@ fn resuming_gives_the_same_next_steps_as_an_uninterrupted_run() {
     let extra = std::fs::read(ckpt.join("extra.json")).unwrap();
     std::fs::remove_file(ckpt.join("extra.json")).unwrap();
     let e = run(config.clone(), &split, true).0.unwrap_err().to_string();
-    assert!(e.contains("extra.json") && e.contains("cannot be resumed exactly"), "{e}");
+    assert!(
+        e.contains("extra.json") && e.contains("cannot be resumed exactly"),
+        "{e}"
+    );
     std::fs::write(ckpt.join("extra.json"), extra).unwrap();
     let (r, events) = run(config, &split, true);
     assert_eq!(r.unwrap().step, 4);
