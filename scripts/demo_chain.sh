@@ -10,17 +10,11 @@
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
 #
-# Environment: DATA (training photos, default ../shared/data/train), EVAL (held-out photos,
-# default ../shared/data/eval), RUNS (run folders, default runs), DEVICE (auto, cpu or wgpu),
-# SFTOK (the command, default: the release build of this checkout).
+# Environment: DATA, EVAL, RUNS, DEVICE, SFTOK (scripts/common.sh), and the step counts below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-DATA=${DATA:-../shared/data/train}
-EVAL=${EVAL:-../shared/data/eval}
-RUNS=${RUNS:-runs}
-DEVICE=${DEVICE:-auto}
-SFTOK=${SFTOK:-cargo run --release -q -p sftok-app --}
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
 
 # The lengths of the bundled chain (steps at batch 16). The token stages use the small-model
 # defaults of `sftok train` (learning rate 1e-3, soft-embedding loss; see docs/token_stages.md).
@@ -28,19 +22,6 @@ TEACHER_STEPS=${TEACHER_STEPS:-3000}
 STAGE1_STEPS=${STAGE1_STEPS:-3500}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 STAGE3_STEPS=${STAGE3_STEPS:-400}
-
-# `--resume` when the run has a checkpoint, so the same command starts or continues a part.
-resume_flag() {
-  if compgen -G "$1/checkpoints/step_*/state.json" >/dev/null; then echo --resume; fi
-}
-
-train() {
-  local out=$1
-  shift
-  # shellcheck disable=SC2046
-  $SFTOK train "$@" --out "$out" --data "$DATA" --eval-data "$EVAL" --device "$DEVICE" \
-    --batch-size 16 --max-scale 2 $(resume_flag "$out")
-}
 
 for part in "$@"; do
   case $part in

@@ -8,15 +8,12 @@
 # docs/experiments.png (sftok paired).
 #
 # Environment: RUNS (where the chain's stage1, sfvr and vanilla runs are; seed 0 of each arm is
-# the chain's own run), DATA, EVAL, STAGE2_STEPS, SEEDS (default "0 1 2"), SFTOK, DEVICE.
+# the chain's own run), DATA, EVAL, SFTOK, DEVICE (scripts/common.sh), STAGE2_STEPS, SEEDS
+# (default "0 1 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-DATA=${DATA:-../shared/data/train}
-EVAL=${EVAL:-../shared/data/eval}
-RUNS=${RUNS:-runs}
-DEVICE=${DEVICE:-auto}
-SFTOK=${SFTOK:-cargo run --release -q -p sftok-app --}
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 SEEDS=${SEEDS:-0 1 2}
 OUT=${OUT:-$RUNS/experiments}
@@ -38,10 +35,7 @@ stage2() {
     echo "$out: finished"
     return
   fi
-  local resume=()
-  if compgen -G "$out/checkpoints/step_*/state.json" >/dev/null; then resume=(--resume); fi
-  $SFTOK train stage2 --init "$stage1" --out "$out" --data "$DATA" --eval-data "$EVAL" \
-    --device "$DEVICE" --batch-size 16 --max-scale 2 --steps "$STAGE2_STEPS" "$@" "${resume[@]}"
+  train "$out" stage2 --init "$stage1" --steps "$STAGE2_STEPS" "$@"
 }
 
 sfvr=() vanilla=()

@@ -1866,9 +1866,10 @@ fn materialize_all<R: Read + Seek>(
         let relative = format!("data/{key}");
         // Only the bytes that some tensor views are inflated (a zip bomb cannot make this
         // allocate more than the tensors themselves need).
+        // (On overflow nothing is inflated, and `Layout::check` refuses the view.)
         let viewed = users
             .iter()
-            .map(|&i| view_end_bytes(&tensors[i].1))
+            .map(|&i| storage_bytes_needed(&tensors[i].1).unwrap_or(0) as u64)
             .max()
             .unwrap_or(0);
         let mut storage = Some(archive.read(&relative, EntryLimit::Prefix(viewed))?);
@@ -1942,26 +1943,19 @@ fn copy_view(
 }
 
 /// Bytes of its storage a view reaches: `(offset + sum((size - 1) * stride) + 1) * elem`, 0 for an
-/// empty tensor. On overflow 0: nothing is inflated, and [`Layout::check`] then refuses the view
-/// with its own message.
-fn view_end_bytes(spec: &TensorSpec) -> u64 {
+/// empty tensor, `None` when that overflows.
+fn storage_bytes_needed(spec: &TensorSpec) -> Option<usize> {
     if spec.shape.contains(&0) {
-        return 0;
+        return Some(0);
     }
-    let elem = spec.storage.dtype.size_bytes() as u64;
-    let mut last = spec.offset as u64;
-    for (&size, &stride) in spec.shape.iter().zip(&spec.stride) {
-        let Some(next) = (size as u64 - 1)
-            .checked_mul(stride as u64)
-            .and_then(|span| last.checked_add(span))
-        else {
-            return 0;
-        };
-        last = next;
-    }
-    last.checked_add(1)
-        .and_then(|n| n.checked_mul(elem))
-        .unwrap_or(0)
+    spec.shape
+        .iter()
+        .zip(&spec.stride)
+        .try_fold(spec.offset, |acc, (&d, &s)| {
+            acc.checked_add((d - 1).checked_mul(s)?)
+        })?
+        .checked_add(1)?
+        .checked_mul(spec.storage.dtype.size_bytes())
 }
 
 /// Validated geometry of a tensor view.
@@ -2000,18 +1994,7 @@ impl Layout {
         if numel == 0 {
             return Ok(layout);
         }
-        let last_index = spec
-            .shape
-            .iter()
-            .zip(&spec.stride)
-            .try_fold(spec.offset, |acc, (&d, &s)| {
-                acc.checked_add((d - 1).checked_mul(s)?)
-            })
-            .ok_or_else(overflow)?;
-        let needed = last_index
-            .checked_add(1)
-            .and_then(|n| n.checked_mul(elem))
-            .ok_or_else(overflow)?;
+        let needed = storage_bytes_needed(spec).ok_or_else(overflow)?;
         if needed > storage_len {
             return Err(format!(
                 "it needs {needed} bytes of storage but the storage has only {storage_len} (truncated storage)"
@@ -2496,9 +2479,17 @@ mod tests {
     // -- hand-built archives --------------------------------------------------
 
     fn build_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+        zip_with(entries, zip::CompressionMethod::Stored)
+    }
+
+    /// Like [`build_zip`], deflated: a small archive whose entries inflate to much more.
+    fn build_deflated_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+        zip_with(entries, zip::CompressionMethod::Deflated)
+    }
+
+    fn zip_with(entries: &[(String, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
         let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
         for (name, data) in entries {
             writer
                 .start_file(name.as_str(), options)
@@ -2652,20 +2643,6 @@ mod tests {
                 ("empty", vec![0, 4], vec![]),
             ]
         );
-    }
-
-    /// Like [`build_zip`], deflated: a small archive whose entries inflate to much more.
-    fn build_deflated_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        for (name, data) in entries {
-            writer
-                .start_file(name.as_str(), options)
-                .expect("start_file");
-            writer.write_all(data).expect("write");
-        }
-        writer.finish().expect("finish").into_inner()
     }
 
     #[test]

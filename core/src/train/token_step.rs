@@ -145,32 +145,16 @@ pub fn soft_embedding_loss(model: &Sftok, logits: Tensor<3>, proxy: &[Vec<i64>])
     let [b, n, _] = logits.dims();
     let device = logits.device();
     let codebook = model.pixel_quantize.embedding.weight.val().detach(); // [V, C]
-    let [v, c] = codebook.dims();
-    let spread = {
-        let values: Vec<f32> = codebook
-            .clone()
-            .inner()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        let mut mean = vec![0.0f64; c];
-        for row in values.chunks(c) {
-            for (m, x) in mean.iter_mut().zip(row) {
-                *m += *x as f64 / v as f64;
-            }
-        }
-        let sq: f64 = values
-            .chunks(c)
-            .flat_map(|row| row.iter().zip(&mean).map(|(x, m)| (*x as f64 - m).powi(2)))
-            .sum();
-        (sq / (v * c) as f64).max(1e-12)
-    };
+    let c = codebook.dims()[1];
+    // The codebook's mean squared deviation from its mean vector (a constant: `E` is detached).
+    let centred = codebook.clone() - codebook.clone().mean_dim(0);
+    let spread = centred.powi_scalar(2).mean().clamp_min(1e-12);
     let probs = burn::tensor::activation::softmax(logits, 2);
     let soft = probs.matmul(codebook.clone().unsqueeze::<3>()); // [B, N, C]
     let flat: Vec<i64> = proxy.iter().flatten().copied().collect();
     let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * n]), &device);
     let target = codebook.select(0, index).reshape([b, n, c]);
-    (soft - target).powi_scalar(2).mean().div_scalar(spread)
+    (soft - target).powi_scalar(2).mean() / spread
 }
 
 /// Share of positions where the argmax of `logits` equals the proxy code.
