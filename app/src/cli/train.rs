@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use sftok_core::checkpoint::model_dir::carries_teacher;
 use sftok_core::train::config::PerceptualWeights;
 use sftok_core::train::masking::Stage2Inputs;
 use sftok_core::train::trainer::model_config_of;
@@ -170,13 +171,9 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     if config.teacher.is_none() {
         // The --init run carries its teacher (stage 3 passes it on to its model when it has
         // one, so that the result can still be measured against it).
-        let carries = |dir: &std::path::Path| {
-            dir.join("teacher.safetensors").is_file()
-                || dir.join("model/teacher.safetensors").is_file()
-        };
         config.teacher = match (args.stage, &args.init) {
             (StageKind::Stage1 | StageKind::Stage2, init) => init.clone(),
-            (StageKind::Stage3, Some(init)) if carries(init) => Some(init.clone()),
+            (StageKind::Stage3, Some(init)) if carries_teacher(init) => Some(init.clone()),
             _ => None,
         };
     }

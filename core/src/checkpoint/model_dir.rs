@@ -25,15 +25,26 @@ pub struct LoadedModel {
     pub teacher: Option<Vqgan>,
 }
 
+/// The model directory `path` stands for: `path` itself when it holds a model, else the
+/// `model/` a training run publishes when there is one, else `path`.
+pub fn published_model_dir(path: &Path) -> PathBuf {
+    let published = path.join("model");
+    if !path.join(MODEL_FILE).is_file() && published.join(MODEL_FILE).is_file() {
+        published
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Whether `path` (a model directory or a run folder) carries a teacher.
+pub fn carries_teacher(path: &Path) -> bool {
+    path.join(TEACHER_FILE).is_file() || path.join("model").join(TEACHER_FILE).is_file()
+}
+
 /// Loads `dir/config.json`, `dir/model.safetensors` and, if present, `dir/teacher.safetensors`.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     // A training run's folder stands for the model it publishes in `model/`.
-    let published = dir.join("model");
-    let dir = if !dir.join(MODEL_FILE).is_file() && published.join(MODEL_FILE).is_file() {
-        published.as_path()
-    } else {
-        dir
-    };
+    let dir = &published_model_dir(dir);
     if dir.is_file() {
         return Err(SftokError::Other(format!(
             "{} is a file, not a model directory (a folder with {CONFIG_FILE} and {MODEL_FILE}); official weights are converted into one with `sftok import --weights FILE --out DIR`",

@@ -29,7 +29,7 @@ use super::teacher_step::{
 };
 use super::token_step::{TokenStage, proxy_accuracy, soft_embedding_loss, token_step};
 use crate::checkpoint::files::read_weights;
-use crate::checkpoint::model_dir::fill_pixel_parts_from_teacher;
+use crate::checkpoint::model_dir::{fill_pixel_parts_from_teacher, published_model_dir};
 use crate::checkpoint::state::{StateDict, state_dict};
 use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE, build_sftok, build_teacher};
 use crate::config::SftokConfig;
@@ -108,15 +108,6 @@ pub fn model_config_of(path: &Path) -> Result<SftokConfig> {
             path.display()
         ))
     })
-}
-
-/// The model directory a run publishes, or `path` itself if it is a model directory.
-fn model_dir_of(path: &Path) -> PathBuf {
-    if path.join("model").join(MODEL_FILE).is_file() {
-        path.join("model")
-    } else {
-        path.to_path_buf()
-    }
 }
 
 /// Runs (or resumes) a training run in `run_dir`. Events go to `emit`; `stop` ends it cleanly.
@@ -937,7 +928,7 @@ fn initial_model(config: &TrainConfig, teacher: Option<&Vqgan>, ad: &Device) -> 
         },
         StageKind::Stage1 => {
             let mut model = match &config.init {
-                Some(path) => load_sftok_weights(&model_dir_of(path), config, ad)?,
+                Some(path) => load_sftok_weights(&published_model_dir(path), config, ad)?,
                 None => {
                     // A fresh SFTok whose pixel codebook and decoder start as the teacher's.
                     let fresh = Sftok::new(&config.model, ad);
@@ -964,7 +955,7 @@ fn initial_model(config: &TrainConfig, teacher: Option<&Vqgan>, ad: &Device) -> 
                     }
                 )));
             };
-            let model = load_sftok_weights(&model_dir_of(path), config, ad)?;
+            let model = load_sftok_weights(&published_model_dir(path), config, ad)?;
             Ok(Trainee::Tokenizer(
                 if config.stage == StageKind::Stage3 && !config.stage3_train_encoder {
                     freeze_for_stage3(model)

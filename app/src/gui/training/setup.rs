@@ -34,7 +34,7 @@ pub fn gui_words(message: &str) -> String {
 }
 
 fn has_teacher(path: &Path) -> bool {
-    path.join(TEACHER_FILE).is_file() || path.join("model").join(TEACHER_FILE).is_file()
+    sftok_core::checkpoint::model_dir::carries_teacher(path)
 }
 
 fn has_model(path: &Path) -> bool {
