@@ -144,9 +144,11 @@ impl Args {
 
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     let model = match (&args.init, &args.teacher, args.stage) {
-        // A stage that starts from a run takes that run's model configuration (stage 1 too:
-        // continuing a warm-up run, where --preset would name a model the weights do not fit).
-        (Some(init), _, StageKind::Stage1 | StageKind::Stage2 | StageKind::Stage3) => {
+        // A stage that starts from a run takes that run's model configuration (stage 1 and the
+        // teacher too: continuing a run, where --preset, default `tiny`, would name a model the
+        // weights do not fit; a demo teacher continued under the tiny preset's codebook size
+        // collapsed to 7 codes within 200 steps).
+        (Some(init), _, _) => {
             model_config_of(init).with_context(|| {
                 format!("reading the configuration of --init {}", init.display())
             })?

@@ -79,6 +79,18 @@ fn poll_until(
 }
 
 #[test]
+fn a_teacher_continued_from_a_model_takes_its_configuration() {
+    let teacher = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/teacher");
+    let mut args = Args::with_defaults(StageKind::Teacher, Path::new("d"), Path::new("o")).unwrap();
+    args.init = Some(teacher.clone());
+    let config = config_from_args(&args).unwrap();
+    let bundled = sftok_core::train::trainer::model_config_of(&teacher).unwrap();
+    assert_eq!(config.model.vqgan.num_embeddings, bundled.vqgan.num_embeddings);
+    assert_eq!(config.model.vqgan.z_channels, bundled.vqgan.z_channels);
+    assert_eq!(config.model.name, bundled.name);
+}
+
+#[test]
 fn default_settings_are_the_command_lines() {
     let s = TrainSettings::default();
     let args = Args::with_defaults(StageKind::Teacher, Path::new("d"), Path::new("o")).unwrap();
