@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of `benchmark_conv_training_parts` (core/src/model/cpu_autodiff.rs): the three parts of
+"""PyTorch side of `benchmark_conv_training_parts` (core/src/kernels/autodiff/): the three parts of
 a training 3x3 convolution (forward, input gradient, weight gradient) at the demo teacher's sizes,
 batch 16, best of 7, on 2 threads. GFLOP/s count 2 * B * O * C * 9 * H * W for each part.
 

@@ -6,7 +6,7 @@ use sftok_app::cli;
 fn main() -> std::process::ExitCode {
     // SAFETY: the first statements of main: no other thread exists yet.
     unsafe {
-        sftok_core::model::blas::prefer_best_core_at_startup();
+        sftok_core::kernels::blas::prefer_best_core_at_startup();
         give_a_runtime_dir();
     }
     // Before any model runs: reuse freed layer outputs instead of faulting in fresh pages.

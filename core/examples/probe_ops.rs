@@ -48,7 +48,7 @@ fn main() {
                 &format!("cpu_kernels conv {c}->{o} @{hw}^2"),
                 flops,
                 &|| {
-                    sftok_core::model::cpu_kernels::conv2d(&conv, x.clone(), None)
+                    sftok_core::kernels::conv2d(&conv, x.clone(), None)
                         .into_data()
                         .num_elements()
                 },
@@ -57,7 +57,7 @@ fn main() {
         let gn = burn::nn::GroupNormConfig::new(32, 128).init(&d);
         let x = Tensor::<4>::random([1, 128, 256, 256], Distribution::Default, &d);
         time("cpu_kernels group norm + silu 128 @256^2", 0.0, &|| {
-            sftok_core::model::cpu_kernels::group_norm_silu(&gn, x.clone())
+            sftok_core::kernels::group_norm_silu(&gn, x.clone())
                 .into_data()
                 .num_elements()
         });

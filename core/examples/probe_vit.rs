@@ -70,7 +70,7 @@ fn main() {
         block.mlp.c_fc.forward(x.clone()).into_data().num_elements()
     });
     time("mlp c_fc (cpu_kernels::linear_layer)", &|| {
-        sftok_core::model::cpu_kernels::linear_layer(&block.mlp.c_fc, x.clone())
+        sftok_core::kernels::linear_layer(&block.mlp.c_fc, x.clone())
             .into_data()
             .num_elements()
     });
@@ -82,7 +82,7 @@ fn main() {
         gelu(hidden.clone()).into_data().num_elements()
     });
     time("gelu (cpu_kernels)", &|| {
-        sftok_core::model::cpu_kernels::gelu(hidden.clone())
+        sftok_core::kernels::gelu(hidden.clone())
             .into_data()
             .num_elements()
     });
@@ -92,7 +92,7 @@ fn main() {
         Some(block.attn.in_proj_bias.val()),
     );
     time("fused attention core (cpu_kernels)", &|| {
-        sftok_core::model::cpu_kernels::attention(&qkv, 12)
+        sftok_core::kernels::attention(&qkv, 12)
             .unwrap()
             .into_data()
             .num_elements()

@@ -3,6 +3,9 @@
 //! trace, checkpoints and the import of the official PyTorch weights.
 //!
 //! Reference code: github.com/Neur-IO/SFTok (commit 0e98df00) and github.com/bytedance/1d-tokenizer.
+//!
+//! `unsafe` code lives in [`kernels`] only.
+#![deny(unsafe_code)]
 
 pub mod checkpoint;
 pub mod config;
@@ -11,6 +14,8 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod image_io;
+#[allow(unsafe_code)]
+pub mod kernels;
 pub mod model;
 pub mod reconstruct;
 pub mod schedule;

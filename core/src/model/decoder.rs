@@ -7,11 +7,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::cpu_kernels::{layer_norm as layer_norm_forward, pointwise_conv, tanh};
 use super::vit::{
     ResidualAttentionBlock, blocks, layer_norm, linear, official_linear_init, scaled_randn,
 };
 use crate::config::SftokConfig;
+use crate::kernels::{layer_norm as layer_norm_forward, pointwise_conv, tanh};
 
 #[derive(Module, Debug)]
 pub struct MultiStepDecoder {

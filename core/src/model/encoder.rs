@@ -6,9 +6,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use super::cpu_kernels::{conv2d, layer_norm as layer_norm_forward, pointwise_conv};
 use super::vit::{ResidualAttentionBlock, blocks, layer_norm, official_linear_init, scaled_randn};
 use crate::config::SftokConfig;
+use crate::kernels::{conv2d, layer_norm as layer_norm_forward, pointwise_conv};
 
 #[derive(Module, Debug)]
 pub struct TitokEncoder {

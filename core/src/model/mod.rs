@@ -1,11 +1,7 @@
 //! The SFTok model, one block per file, read leaf to root: `vit` (the transformer block),
 //! `encoder`, `quantizer`, `decoder`, `vqgan` (teacher and pixel decoder), `sftok` (the whole).
 
-pub mod blas;
-pub mod cpu_autodiff;
-pub mod cpu_kernels;
 pub mod decoder;
-mod direct_conv;
 pub mod discriminator;
 pub mod encoder;
 pub mod lpips;
@@ -13,7 +9,6 @@ pub mod quantizer;
 pub mod sftok;
 pub mod vit;
 pub mod vqgan;
-mod weight_grad;
 
 pub use decoder::MultiStepDecoder;
 pub use encoder::TitokEncoder;

@@ -140,10 +140,10 @@ impl OptVq {
     fn sinkhorn_ids(&self, zn: Tensor<2>, codebook: Tensor<2>) -> Vec<i64> {
         let d = cdist(zn, codebook); // [n, K]
         let (eps, iters) = (self.sinkhorn_epsilon, self.sinkhorn_iters);
-        match super::cpu_kernels::cpu_values(&d) {
+        match crate::kernels::cpu_values(&d) {
             Some(values) => {
                 let dims = d.dims();
-                sinkhorn_host(super::cpu_kernels::f32s(&values), dims, eps as f32, iters)
+                sinkhorn_host(crate::kernels::f32s(&values), dims, eps as f32, iters)
             }
             None => sinkhorn_tensor(d, eps, iters),
         }

@@ -9,8 +9,8 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::cpu_kernels::layer_norm as layer_norm_forward;
 use crate::config::VitConfig;
+use crate::kernels::layer_norm as layer_norm_forward;
 
 /// The initialiser of the official `_init_weights` for linear layers (truncated normal, std 0.02;
 /// a plain normal here: truncation at 2 sigma changes nothing that matters for training).
@@ -66,13 +66,13 @@ impl MultiheadAttention {
         let [b, s, w] = x.dims();
         let h = self.num_heads;
         let hd = w / h;
-        let qkv = super::cpu_kernels::linear(
+        let qkv = crate::kernels::linear(
             x,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
         ); // [b, s, 3w]
-        if let Some(out) = super::cpu_kernels::attention(&qkv, h) {
-            return super::cpu_kernels::linear_layer(&self.out_proj, out);
+        if let Some(out) = crate::kernels::attention(&qkv, h) {
+            return crate::kernels::linear_layer(&self.out_proj, out);
         }
         let heads = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2); // [b, h, s, hd]
         let q = heads(qkv.clone().narrow(2, 0, w));
@@ -94,7 +94,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        use super::cpu_kernels::{gelu, linear_layer};
+        use crate::kernels::{gelu, linear_layer};
         linear_layer(&self.c_proj, gelu(linear_layer(&self.c_fc, x)))
     }
 }

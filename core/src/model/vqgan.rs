@@ -11,8 +11,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::cpu_kernels::{conv2d, group_norm_silu};
 use crate::config::VqganConfig;
+use crate::kernels::{conv2d, group_norm_silu};
 
 fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Conv2d {
     let pad = (k - 1) / 2;
@@ -287,10 +287,10 @@ impl Vqgan {
 
 /// `F.avg_pool2d(x, 2, 2)`.
 pub fn avg_pool_2x2(x: Tensor<4>) -> Tensor<4> {
-    super::cpu_kernels::avg_pool_2x2(x)
+    crate::kernels::avg_pool_2x2(x)
 }
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`.
 pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
-    super::cpu_kernels::upsample_nearest_2x(x)
+    crate::kernels::upsample_nearest_2x(x)
 }

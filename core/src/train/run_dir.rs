@@ -101,12 +101,10 @@ impl RunDir {
             .write(true)
             .open(&path)
             .map_err(|e| SftokError::write(&path, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a file descriptor this function owns.
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if locked != 0 {
+        // std's advisory lock (flock on Unix), held until `file` is closed with the run.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
                 return Err(SftokError::Other(format!(
                     "another training is writing to {}{}; wait for it to finish (or stop it), or choose another run folder",
@@ -118,6 +116,7 @@ impl RunDir {
                     }
                 )));
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(SftokError::write(&path, e)),
         }
         let mut file = file;
         let _ = file.set_len(0);

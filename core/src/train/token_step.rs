@@ -46,7 +46,7 @@ pub fn token_cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor
     // On the CPU backend in training, one recorded operation (rows in parallel, no softmax
     // materialised forward); burn's log_softmax is several single-threaded passes each way.
     if logits.is_require_grad()
-        && let Some(ce) = crate::model::cpu_autodiff::cross_entropy_rows(&logits, &targets)
+        && let Some(ce) = crate::kernels::cross_entropy_rows(&logits, &targets)
     {
         return ce;
     }

@@ -3,7 +3,7 @@
 //!
 //! `dL/dw[o][c][ky][kx] = sum over images and positions p of g[o][p] * xpad[c][p + (ky, kx)]`.
 //!
-//! Why not a GEMM per kernel tap (what [`super::cpu_autodiff`] does where AVX2 is missing): both
+//! Why not a GEMM per kernel tap (what [`super::weight_gradient_gemm`] does where AVX2 is missing): both
 //! operands are channel-major, so a GEMM library packs them transposed, and it packs the same
 //! output gradient again for each of the k*k taps; that packing was 5-7 % of a teacher training
 //! step and the products ran at 55-100 GFLOP/s on this 2-core machine (BENCHMARKS.md). Here both
@@ -23,14 +23,32 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::cpu_kernels::{unwritten, written};
+use crate::kernels::buffers::{unwritten, written};
 
-/// Output channels per register tile (broadcast).
+/// The register tile: output channels (broadcast) x vectors of input channels, and the lanes of
+/// a vector.
 #[cfg(target_arch = "x86_64")]
-const TILE_OUT: usize = 6;
-/// Input channels per register tile (two AVX vectors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tiling {
+    out: usize,
+    vectors: usize,
+    lanes: usize,
+}
+
+/// AVX2: 6 output channels x 2 vectors of 8 input channels (12 accumulators of 16 registers).
 #[cfg(target_arch = "x86_64")]
-const TILE_IN: usize = 16;
+pub(crate) const AVX2_TILING: Tiling = Tiling {
+    out: 6,
+    vectors: 2,
+    lanes: 8,
+};
+/// AVX-512: 8 output channels x 2 vectors of 16 input channels (16 accumulators of 32).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX512_TILING: Tiling = Tiling {
+    out: 8,
+    vectors: 2,
+    lanes: 16,
+};
 /// Positions per cache block: the 16 input channels of one tap over this many positions are
 /// 16 KiB, which stay in L1 while every output-channel tile of the tap sweeps over them.
 #[cfg(target_arch = "x86_64")]
@@ -38,7 +56,7 @@ const BLOCK_POSITIONS: usize = 256;
 
 /// Whether [`weight_gradient`] can run here (AVX2 and FMA present).
 pub(crate) fn available() -> bool {
-    super::cpu_kernels::has_avx2()
+    crate::kernels::simd::has_avx2()
 }
 
 /// `dL/dw`, `[o][c][k][k]`, of a "same" convolution of `x` (`[batch, c, h, w]`) whose output
@@ -47,14 +65,37 @@ pub(crate) fn available() -> bool {
 pub(crate) fn weight_gradient(
     x: &[f32],
     g: &[f32],
+    dims: [usize; 4],
+    o: usize,
+    k: usize,
+) -> Vec<f32> {
+    let tiling = if crate::kernels::simd::has_avx512() {
+        AVX512_TILING
+    } else {
+        AVX2_TILING
+    };
+    weight_gradient_tiled(x, g, dims, o, k, tiling)
+}
+
+/// [`weight_gradient`] with a given tiling (the tests run both on a CPU that has AVX-512).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn weight_gradient_tiled(
+    x: &[f32],
+    g: &[f32],
     [batch, c, h, w]: [usize; 4],
     o: usize,
     k: usize,
+    tiling: Tiling,
 ) -> Vec<f32> {
     assert!(
         available(),
         "weight_grad::weight_gradient needs AVX2 and FMA"
     );
+    assert!(
+        tiling == AVX2_TILING || (tiling == AVX512_TILING && crate::kernels::simd::has_avx512()),
+        "weight_grad: the {tiling:?} tiling needs its instruction set"
+    );
+    let tile_in = tiling.vectors * tiling.lanes;
     let taps = k * k;
     if batch * c * h * w * o == 0 {
         return vec![0.0; o * c * taps];
@@ -66,7 +107,7 @@ pub(crate) fn weight_gradient(
         wp: w + 2 * pad,
         plane: (h + 2 * pad) * (w + 2 * pad),
     };
-    let cpad = c.next_multiple_of(8);
+    let cpad = c.next_multiple_of(tiling.lanes);
     let xt = position_major(x, [batch, c, h, w], cpad, pad);
     let gt = position_major(g, [batch, o, h, w], o, 0);
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * geometry.wp + t % k).collect();
@@ -76,7 +117,7 @@ pub(crate) fn weight_gradient(
     // for 8 tasks per thread (every part is one more gradient to add up at the end): with 4, a
     // thread that finished first waited for up to a quarter of a thread's share.
     let rows = batch * h;
-    let in_blocks = cpad.div_ceil(TILE_IN);
+    let in_blocks = cpad.div_ceil(tile_in);
     let threads = rayon::current_num_threads().max(1);
     let parts = (8 * threads).div_ceil(in_blocks).clamp(1, rows);
     let rows_per_part = rows.div_ceil(parts);
@@ -87,25 +128,29 @@ pub(crate) fn weight_gradient(
     let partial_addr = partial.as_mut_ptr() as usize;
     (0..parts * in_blocks).into_par_iter().for_each(|task| {
         let (part, block) = (task / in_blocks, task % in_blocks);
-        let ci0 = block * TILE_IN;
-        let vectors = (cpad - ci0).min(TILE_IN) / 8;
+        let ci0 = block * tile_in;
+        let vectors = (cpad - ci0).min(tile_in) / tiling.lanes;
         let part_rows = part * rows_per_part..((part + 1) * rows_per_part).min(rows);
         for r0 in part_rows.clone().step_by(block_rows) {
             let nrows = block_rows.min(part_rows.end - r0);
             let (image, y0) = (r0 / h, r0 % h);
             for (tap, &offset) in offsets.iter().enumerate() {
-                for o0 in (0..o).step_by(TILE_OUT) {
-                    let out_rows = TILE_OUT.min(o - o0);
+                for o0 in (0..o).step_by(tiling.out) {
+                    let out_rows = tiling.out.min(o - o0);
                     // SAFETY: gt holds rows*w positions of o values, from position r0*w on the
                     // tile reads nrows*w of them at channels o0..o0+out_rows; xt holds
                     // batch*plane positions of cpad values, and every position read (row
                     // (y + ky) * wp + x + kx of a plane, y < h, x < w) is inside its image's
-                    // plane, at channels ci0..ci0+8*vectors <= cpad; the partial gradient of this
-                    // part is taps x o x cpad, and only this task writes its columns
-                    // ci0..ci0+16 of it.
+                    // plane, at channels ci0..ci0+lanes*vectors <= cpad; the partial gradient of
+                    // this part is taps x o x cpad, and only this task writes its columns
+                    // ci0..ci0+tile_in of it; the tiling's instruction set was checked above.
                     unsafe {
                         tile(
-                            TileShape { out_rows, vectors },
+                            TileShape {
+                                out_rows,
+                                vectors,
+                                wide: tiling.lanes == 16,
+                            },
                             gt.as_ptr().add(r0 * w * o + o0),
                             o,
                             xt.as_ptr().add(
@@ -154,11 +199,13 @@ struct Geometry {
 }
 
 #[cfg(target_arch = "x86_64")]
-/// Output channels (1-6) and vectors of 8 input channels (1-2) of a tile.
+/// Output channels (1-6, or 1-8 when wide) and vectors of 8 (16 when wide) input channels
+/// (1-2) of a tile.
 #[derive(Clone, Copy)]
 struct TileShape {
     out_rows: usize,
     vectors: usize,
+    wide: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -285,16 +332,21 @@ unsafe fn tile(
     out_stride: usize,
 ) {
     macro_rules! dispatch {
-        ($($rows:literal $vectors:literal),*) => {
+        ($f:ident: $($rows:literal $vectors:literal),*) => {
             match (shape.out_rows, shape.vectors) {
+                // SAFETY: forwarded from the caller (the instruction set included).
                 $(($rows, $vectors) => unsafe {
-                    tile_fixed::<$rows, $vectors>(a, a_stride, b, b_stride, walk, out, out_stride)
+                    $f::<$rows, $vectors>(a, a_stride, b, b_stride, walk, out, out_stride)
                 },)*
-                _ => unreachable!("tiles have 1-6 output channels and 1-2 vectors"),
+                _ => unreachable!("tiles have 1-8 output channels and 1-2 vectors"),
             }
         };
     }
-    dispatch!(1 1, 2 1, 3 1, 4 1, 5 1, 6 1, 1 2, 2 2, 3 2, 4 2, 5 2, 6 2)
+    if shape.wide {
+        dispatch!(tile_fixed_avx512: 1 1, 2 1, 3 1, 4 1, 5 1, 6 1, 7 1, 8 1, 1 2, 2 2, 3 2, 4 2, 5 2, 6 2, 7 2, 8 2)
+    } else {
+        dispatch!(tile_fixed: 1 1, 2 1, 3 1, 4 1, 5 1, 6 1, 1 2, 2 2, 3 2, 4 2, 5 2, 6 2)
+    }
 }
 
 /// [`tile`] with its shape known at compile time, so that the accumulators stay in registers.
@@ -350,10 +402,63 @@ unsafe fn tile_fixed<const ROWS: usize, const VECTORS: usize>(
     }
 }
 
+/// [`tile_fixed`] with AVX-512: vectors of 16 input channels.
+///
+/// # Safety
+/// As [`tile`]; the CPU has AVX-512 F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn tile_fixed_avx512<const ROWS: usize, const VECTORS: usize>(
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    (geometry, y0, nrows): (Geometry, usize, usize),
+    out: *mut f32,
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): all pointers stay inside the ranges the caller vouches for.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+        let mut a = a;
+        let mut row_start = b;
+        let mut y = y0;
+        for _ in 0..nrows {
+            let mut b = row_start;
+            for _ in 0..geometry.w {
+                let bv: [__m512; VECTORS] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(j));
+                    for v in 0..VECTORS {
+                        acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
+                    }
+                }
+                // Wrapping: after the last position these point past the buffers, unread.
+                a = a.wrapping_add(a_stride);
+                b = b.wrapping_add(b_stride);
+            }
+            y += 1;
+            row_start = if y == geometry.h {
+                y = 0;
+                row_start.wrapping_add((geometry.plane - (geometry.h - 1) * geometry.wp) * b_stride)
+            } else {
+                row_start.wrapping_add(geometry.wp * b_stride)
+            };
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
+                let p = out.add(j * out_stride + 16 * v);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *acc));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::direct_conv::tests::values;
+    use crate::kernels::conv::direct::tests::values;
 
     /// The gradient by its definition, in f64.
     fn naive(x: &[f32], g: &[f32], [batch, c, h, w]: [usize; 4], o: usize, k: usize) -> Vec<f32> {
@@ -402,20 +507,30 @@ mod tests {
             (1, 32, 12, 3, 1, 1),
             (5, 9, 3, 3, 11, 70),
             (2, 4, 2, 3, 40, 12),
+            (2, 40, 9, 3, 9, 17),
+            (1, 33, 17, 3, 8, 8),
         ] {
             let x = values(batch * c * h * w, 1);
             let g = values(batch * o * h * w, 2);
-            let got = weight_gradient(&x, &g, [batch, c, h, w], o, k);
             let want = naive(&x, &g, [batch, c, h, w], o, k);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                .fold(0.0f32, f32::max);
-            assert!(
-                worst < 1e-4,
-                "batch {batch} c {c} o {o} k {k} {h}x{w}: max relative error {worst}"
-            );
+            let mut tilings = vec![AVX2_TILING];
+            if crate::kernels::simd::has_avx512() {
+                tilings.push(AVX512_TILING);
+            } else {
+                eprintln!("AVX-512 tiling not checked: the kernels do not use AVX-512 here");
+            }
+            for tiling in tilings {
+                let got = weight_gradient_tiled(&x, &g, [batch, c, h, w], o, k, tiling);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "{tiling:?} batch {batch} c {c} o {o} k {k} {h}x{w}: max relative error {worst}"
+                );
+            }
         }
     }
 }

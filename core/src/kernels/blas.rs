@@ -15,7 +15,7 @@
 //!
 //! Threads: rayon stays the only thread pool. The library is asked to use one thread
 //! (`openblas_set_num_threads(1)` and the MKL and BLIS equivalents, when exported), and large
-//! products are split across rayon's threads by the caller ([`super::cpu_kernels`]). A product
+//! products are split across rayon's threads by the caller ([`super::gemm`]). A product
 //! that cannot be expressed in CBLAS's terms (no unit stride in either dimension, or a dimension
 //! past `i32`) returns `false` and the caller uses the `gemm` crate.
 
@@ -214,7 +214,7 @@ fn open(name: &str, named: bool) -> Option<Blas> {
         .filter(|p| !p.is_null())
         .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
     if let Some(core) = &core
-        && super::cpu_kernels::has_avx2()
+        && super::simd::cpu_isa() >= super::simd::Isa::Avx2
         && PRE_AVX2_CORES.contains(&core.to_ascii_lowercase().as_str())
     {
         let advice = format!(
@@ -363,8 +363,8 @@ pub(crate) unsafe fn sgemm(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct_conv::tests::values;
     use super::*;
+    use crate::kernels::conv::direct::tests::values;
 
     /// The product by definition, in f64, reading every operand through its strides.
     #[allow(clippy::too_many_arguments)]
