@@ -62,6 +62,8 @@ pub(crate) fn attention_values(
             );
         }
         softmax_rows(scores, s);
+        // SAFETY: `scores` is s x s; v rows are hd values at stride 3w inside `qkv`; the output
+        // rows (stride w, hd columns from image*s*w + head*hd) are this task's only.
         unsafe {
             let dst = (out_addr as *mut f32).add(image * s * w + head * hd);
             gemm_strided(

@@ -199,6 +199,7 @@ fn open(name: &str, named: bool) -> Option<Blas> {
     if !named {
         // SAFETY: `openblas_get_parallel` takes nothing and returns 0 for a sequential build.
         if let Ok(parallel) = unsafe { library.get::<GetParallel>(b"openblas_get_parallel\0") }
+            // SAFETY: as above; the function was found under its documented name.
             && unsafe { parallel() } == 0
         {
             return None;
@@ -240,6 +241,7 @@ fn open(name: &str, named: bool) -> Option<Blas> {
     ] {
         // SAFETY: each of these takes one int, the thread count.
         if let Ok(set) = unsafe { library.get::<SetThreads>(setter) } {
+            // SAFETY: `set` takes one int, found under its documented name.
             unsafe { set(1) };
         }
     }

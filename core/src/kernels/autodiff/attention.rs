@@ -100,6 +100,8 @@ impl Backward<Flex, 1> for AttentionCore {
                     *d = pv * (*d - dot);
                 }
             }
+            // SAFETY: as the products above: q, k rows inside `qkv` at stride 3w, `ds` s x s,
+            // and the gradient's q and k slices of this (image, head) written by this task only.
             unsafe {
                 // dQ = scale dS K, dK = scale dS^T Q
                 let dq = d_base.add(base + col);

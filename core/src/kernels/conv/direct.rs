@@ -327,7 +327,7 @@ type TileArgs<'a> = (
 unsafe fn tile_6x16((src, plane, c, offsets, weights, grid, stride, accumulate): TileArgs<'_>) {
     use std::arch::x86_64::*;
     const TILE_CHANNELS: usize = 6;
-    // SAFETY (whole body): all pointers stay inside the ranges the caller vouches for.
+    // SAFETY: (whole body) all pointers stay inside the ranges the caller vouches for.
     unsafe {
         let mut a = [_mm256_setzero_ps(); 12];
         if accumulate {
@@ -370,7 +370,7 @@ unsafe fn tile_6x16((src, plane, c, offsets, weights, grid, stride, accumulate):
 unsafe fn tile_8x32((src, plane, c, offsets, weights, grid, stride, accumulate): TileArgs<'_>) {
     use std::arch::x86_64::*;
     const TILE_CHANNELS: usize = 8;
-    // SAFETY (whole body): all pointers stay inside the ranges the caller vouches for.
+    // SAFETY: (whole body) all pointers stay inside the ranges the caller vouches for.
     unsafe {
         let mut a = [_mm512_setzero_ps(); 16];
         if accumulate {

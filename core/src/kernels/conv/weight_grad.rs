@@ -275,7 +275,7 @@ fn position_major(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_8x8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
     use std::arch::x86_64::*;
-    // SAFETY (whole body): the reads and writes stay in the rows the caller vouches for.
+    // SAFETY: (whole body) the reads and writes stay in the rows the caller vouches for.
     unsafe {
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
@@ -365,7 +365,7 @@ unsafe fn tile_fixed<const ROWS: usize, const VECTORS: usize>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY (whole body): all pointers stay inside the ranges the caller vouches for.
+    // SAFETY: (whole body) all pointers stay inside the ranges the caller vouches for.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); VECTORS]; ROWS];
         let mut a = a;
@@ -418,7 +418,7 @@ unsafe fn tile_fixed_avx512<const ROWS: usize, const VECTORS: usize>(
     out_stride: usize,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY (whole body): all pointers stay inside the ranges the caller vouches for.
+    // SAFETY: (whole body) all pointers stay inside the ranges the caller vouches for.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
         let mut a = a;
