@@ -148,11 +148,8 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
         // teacher too: continuing a run, where --preset, default `tiny`, would name a model the
         // weights do not fit; a demo teacher continued under the tiny preset's codebook size
         // collapsed to 7 codes within 200 steps).
-        (Some(init), _, _) => {
-            model_config_of(init).with_context(|| {
-                format!("reading the configuration of --init {}", init.display())
-            })?
-        }
+        (Some(init), _, _) => model_config_of(init)
+            .with_context(|| format!("reading the configuration of --init {}", init.display()))?,
         (_, Some(teacher), StageKind::Stage1) => {
             let mut c = SftokConfig::preset(&args.preset)?;
             // The teacher fixes the proxy-code vocabulary and grid.

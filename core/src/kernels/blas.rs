@@ -245,6 +245,22 @@ fn open(name: &str, named: bool) -> Option<Blas> {
             unsafe { set(1) };
         }
     }
+    // A library that is slower than the built-in products on this machine is not used (it
+    // would only make the program slower): measured on one product of the model's kind.
+    let (library_ms, builtin_ms) = race(sgemm);
+    if library_ms > SLOWER_THAN_BUILTIN * builtin_ms {
+        let advice = format!(
+            "{name}{} took {library_ms:.1} ms for a {RACE_M}x{RACE_K}x{RACE_N} product on one \
+             thread against {builtin_ms:.1} ms for the built-in products",
+            core.as_deref()
+                .map_or_else(String::new, |c| format!(" ({c} kernels)"))
+        );
+        if !named {
+            let _ = REFUSED.set(format!("{advice}, so it is not used"));
+            return None;
+        }
+        eprintln!("warning: {advice}; it is used because SFTOK_BLAS names it");
+    }
     // SAFETY: registers a handler that only touches two atomics (see `IN_FLIGHT`).
     unsafe { libc::atexit(quiesce_at_exit) };
     Some(Blas {
@@ -255,6 +271,82 @@ fn open(name: &str, named: bool) -> Option<Blas> {
         },
         _library: library,
     })
+}
+
+/// The product [`race`] measures: a batch-1 transformer layer's shape (rows x inner x outputs).
+const RACE_M: usize = 512;
+const RACE_K: usize = 768;
+const RACE_N: usize = 768;
+/// How much slower than the built-in products a library may be and still be used: none (a
+/// library that only ties is not worth its risks; best of 5 each).
+const SLOWER_THAN_BUILTIN: f64 = 1.0;
+
+/// Milliseconds for one fixed product on the calling thread, best of 5: through `sgemm`, and
+/// through the `gemm` crate.
+fn race(sgemm: Sgemm) -> (f64, f64) {
+    let (m, k, n) = (RACE_M, RACE_K, RACE_N);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+    let mut c = vec![0.0f32; m * n];
+    let best = |f: &mut dyn FnMut()| {
+        f(); // warm-up: first-touch of buffers, the library's own lazy set-up
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let (mi, ni, ki) = (m as c_int, n as c_int, k as c_int);
+    let library = best(&mut || {
+        // SAFETY: a, b, c are row-major m x k, k x n, m x n with those leading dimensions.
+        unsafe {
+            sgemm(
+                ROW_MAJOR,
+                NO_TRANS,
+                NO_TRANS,
+                mi,
+                ni,
+                ki,
+                1.0,
+                a.as_ptr(),
+                ki,
+                b.as_ptr(),
+                ni,
+                0.0,
+                c.as_mut_ptr(),
+                ni,
+            )
+        }
+    });
+    let builtin = best(&mut || {
+        // SAFETY: as above, with (column, row) strides for the gemm crate.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+    (library, builtin)
 }
 
 /// What does the CPU matrix products: the BLAS library found, or the `gemm` crate.
@@ -391,6 +483,86 @@ mod tests {
                 *d = (if accumulate { *d as f64 } else { 0.0 } + scale as f64 * s) as f32;
             }
         }
+    }
+
+    /// The library in use is not slower than the built-in products on a fixed product of the
+    /// model's kind (a larger one than the check when the library is opened), measured here on
+    /// two threads as the model runs it; best of 5 each. Skips without a BLAS unless
+    /// `SFTOK_REQUIRE_BLAS` is set, and when `SFTOK_BLAS` names the library (then it is used
+    /// even where slower, by the user's choice).
+    #[test]
+    fn the_library_in_use_is_not_slower_than_the_built_in_products() {
+        if std::env::var("SFTOK_BLAS").is_ok_and(|v| v.trim() != "auto") {
+            eprintln!("skipped: SFTOK_BLAS names the library, which is then used regardless");
+            return;
+        }
+        if !available() {
+            assert!(
+                std::env::var_os("SFTOK_REQUIRE_BLAS").is_none(),
+                "SFTOK_REQUIRE_BLAS is set but no BLAS was found: {}",
+                backend()
+            );
+            eprintln!("skipped: {}", backend());
+            return;
+        }
+        let (m, k, n) = (1024, 768, 768);
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let time = |use_library: bool| {
+            let mut c = vec![0.0f32; m * n];
+            let mut run = || {
+                let dst = (c.as_mut_ptr(), [n, 1]);
+                let (lhs, rhs) = ((a.as_ptr(), [k, 1]), (b.as_ptr(), [n, 1]));
+                if use_library {
+                    // SAFETY: row-major buffers of these sizes.
+                    unsafe { crate::kernels::gemm::gemm_threaded([m, n, k], dst, false, lhs, rhs) };
+                } else {
+                    // What `gemm_threaded` does without a library: the gemm crate on rayon.
+                    // SAFETY: as above, with (column, row) strides for the gemm crate.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            dst.0,
+                            1,
+                            n as isize,
+                            false,
+                            lhs.0,
+                            1,
+                            k as isize,
+                            rhs.0,
+                            1,
+                            n as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::Rayon(0),
+                        )
+                    };
+                }
+            };
+            run();
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    run();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let (library, builtin) = (time(true), time(false));
+        eprintln!(
+            "{}: {library:.2} ms; built-in products: {builtin:.2} ms",
+            backend()
+        );
+        assert!(
+            library <= 1.25 * builtin,
+            "{} is slower than the built-in products: {library:.2} vs {builtin:.2} ms",
+            backend()
+        );
     }
 
     /// Every layout the callers use (row- and column-major operands and destination, padded

@@ -85,7 +85,10 @@ fn a_teacher_continued_from_a_model_takes_its_configuration() {
     args.init = Some(teacher.clone());
     let config = config_from_args(&args).unwrap();
     let bundled = sftok_core::train::trainer::model_config_of(&teacher).unwrap();
-    assert_eq!(config.model.vqgan.num_embeddings, bundled.vqgan.num_embeddings);
+    assert_eq!(
+        config.model.vqgan.num_embeddings,
+        bundled.vqgan.num_embeddings
+    );
     assert_eq!(config.model.vqgan.z_channels, bundled.vqgan.z_channels);
     assert_eq!(config.model.name, bundled.name);
 }
