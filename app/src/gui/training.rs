@@ -7,6 +7,7 @@
 //! CLI's own `config_from_args`), [`tail`] reads a growing `metrics.jsonl`, [`worker`] is the
 //! training thread.
 
+mod labels;
 mod setup;
 mod tail;
 mod worker;
@@ -14,11 +15,12 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use egui_plot::{Legend, Line, Plot};
+use egui_plot::{Corner, Legend, Line, Plot};
 use sftok_core::train::run_dir::{METRICS, RUN_CONFIG, RunDir};
 use sftok_core::train::{StageKind, TrainConfig, TrainEvent};
 use sftok_core::{DeviceChoice, SftokConfig};
 
+use labels::{metric_colour, metric_label};
 use setup::{
     FINETUNE_STEPS, check_finetune_base, check_new_run_dir, config_from_settings, default_run_dir,
     finetune_config, finetune_run_dir, gather_images, gui_words, resume_config,
@@ -1015,10 +1017,17 @@ impl TrainingPanel {
                         "step" | "lr" | "images_per_sec" | "images_seen" | "skipped_files"
                     )
             })
-            .filter_map(|(name, v)| Some(format!("{name} {}", format_number(v.as_f64()?))))
+            .filter(|(name, _)| !name.starts_with("heldout_"))
+            .filter_map(|(name, v)| {
+                Some(format!(
+                    "{} {}",
+                    metric_label(name),
+                    format_number(v.as_f64()?)
+                ))
+            })
             .collect();
         if !others.is_empty() {
-            ui.small(others.join("   "));
+            ui.label(others.join("   "));
         }
         if let Some((path, reason)) = live.skipped.last() {
             ui.colored_label(
@@ -1042,20 +1051,44 @@ impl TrainingPanel {
                 .filter_map(|name| Some((name, thin(live.metrics.get(name)?, MAX_PLOT_POINTS))))
                 .collect();
             ui.label("Losses");
+            // The legend in the lower left: losses fall, so the newest points are on the
+            // right and the early ones high; scrolling the page over a plot scrolls the page.
             Plot::new("sftok-train-losses")
                 .height(220.0)
-                .legend(Legend::default())
+                .legend(Legend::default().position(Corner::LeftBottom))
+                .allow_scroll(false)
                 .x_axis_label("step")
                 .show(ui, |plot| {
                     for (name, points) in losses {
-                        plot.line(Line::new(name, points));
+                        plot.line(Line::new(metric_label(name), points).color(metric_colour(name)));
                     }
                 });
+            // The learning curve on the held-out images (`--eval-data`), live and EMA weights.
+            let heldout: Vec<(&str, Vec<[f64; 2]>)> = ["heldout_psnr", "heldout_psnr_ema"]
+                .into_iter()
+                .filter_map(|name| Some((name, thin(live.metrics.get(name)?, MAX_PLOT_POINTS))))
+                .collect();
+            if !heldout.is_empty() {
+                ui.label("Held-out PSNR (dB)");
+                Plot::new("sftok-train-heldout")
+                    .height(160.0)
+                    .legend(Legend::default().position(Corner::LeftTop))
+                    .allow_scroll(false)
+                    .x_axis_label("step")
+                    .show(ui, |plot| {
+                        for (name, points) in heldout {
+                            plot.line(
+                                Line::new(metric_label(name), points).color(metric_colour(name)),
+                            );
+                        }
+                    });
+            }
             if let Some(lr) = live.metrics.get("lr") {
                 let lr = thin(lr, MAX_PLOT_POINTS);
                 ui.label("Learning rate");
                 Plot::new("sftok-train-lr")
                     .height(120.0)
+                    .allow_scroll(false)
                     .x_axis_label("step")
                     .show(ui, |plot| plot.line(Line::new("lr", lr)));
             }
