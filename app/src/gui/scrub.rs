@@ -79,6 +79,9 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 }
             }
             ui.checkbox(&mut app.settings.show_heatmap, "Confidence heatmap");
+            if heatmap && step > 0 {
+                super::token_grid::heat_scale_ui(ui, &data.steps[step - 1].confidences);
+            }
         });
         ui.vertical(|ui| match (&teacher, data.teacher_psnr_db) {
             (Some(t), Some(p)) => {
@@ -355,6 +358,13 @@ fn legend_ui(ui: &mut egui::Ui) {
     });
 }
 
+/// The models' colours in the PSNR plot: A blue, B orange (the teacher and the references are
+/// grey or dashed).
+const SERIES_COLOURS: [Color32; 2] = [
+    Color32::from_rgb(31, 119, 180),
+    Color32::from_rgb(255, 127, 14),
+];
+
 /// PSNR against steps, one line per series, the current step marked.
 pub fn psnr_plot_ui(
     ui: &mut egui::Ui,
@@ -364,27 +374,45 @@ pub fn psnr_plot_ui(
     teacher_db: Option<f64>,
     block_db: &[(u32, f64)],
 ) {
+    // Whole step numbers on the x axis: every step up to T = 16, then every 5th or 10th.
+    let last = series_len(series).max(1);
+    let tick = if last <= 16 {
+        1.0
+    } else if last <= 40 {
+        5.0
+    } else {
+        10.0
+    };
     Plot::new(id.to_string())
         .width(360.0)
         .height(200.0)
         .x_axis_label("step")
         .y_axis_label("PSNR (dB)")
-        .legend(egui_plot::Legend::default())
+        .x_grid_spacer(egui_plot::uniform_grid_spacer(move |_| {
+            [tick, 2.0 * tick, 4.0 * tick]
+        }))
+        .x_axis_formatter(|mark, _| {
+            if mark.value >= 1.0 && mark.value.fract() == 0.0 {
+                format!("{}", mark.value as i64)
+            } else {
+                String::new()
+            }
+        })
+        .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftBottom))
         .allow_scroll(false)
         .allow_zoom(false)
         .allow_drag(false)
         .show(ui, |plot| {
-            for (name, points) in series {
-                plot.line(Line::new(
-                    name.to_string(),
-                    PlotPoints::from((*points).clone()),
-                ));
+            // One colour per model for its line and its points, one legend entry for both.
+            for (i, (name, points)) in series.iter().enumerate() {
+                let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+                plot.line(
+                    Line::new(name.to_string(), PlotPoints::from((*points).clone())).color(colour),
+                );
                 plot.points(
-                    Points::new(
-                        format!("{name} points"),
-                        PlotPoints::from((*points).clone()),
-                    )
-                    .radius(3.0),
+                    Points::new(name.to_string(), PlotPoints::from((*points).clone()))
+                        .color(colour)
+                        .radius(3.0),
                 );
             }
             if let Some(t) = teacher_db {

@@ -80,6 +80,32 @@ pub fn cell_rect(rect: Rect, grid: usize, i: usize) -> Rect {
     )
 }
 
+/// The heatmap's colour scale: a gradient bar from the least to the most confident cell of
+/// this step, with the logit range it spans (the heatmap normalises each step on its own).
+pub fn heat_scale_ui(ui: &mut egui::Ui, confidences: &[f32]) {
+    let finite = confidences.iter().copied().filter(|c| c.is_finite());
+    let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), c| {
+        (l.min(c), h.max(c))
+    });
+    ui.horizontal(|ui| {
+        ui.small("least confident");
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(120.0, 10.0), egui::Sense::hover());
+        const SLICES: usize = 24;
+        for k in 0..SLICES {
+            let x0 = rect.left() + rect.width() * k as f32 / SLICES as f32;
+            let x1 = rect.left() + rect.width() * (k + 1) as f32 / SLICES as f32;
+            let slice =
+                Rect::from_min_max(egui::pos2(x0, rect.top()), egui::pos2(x1, rect.bottom()));
+            let level = (k as f32 + 0.5) / SLICES as f32;
+            ui.painter().rect_filled(slice, 0.0, heat_colour(level));
+        }
+        ui.small("most (known ids too)");
+    });
+    if lo.is_finite() && hi > lo {
+        ui.small(format!("this step: logits {lo:.1} to {hi:.1}"));
+    }
+}
+
 /// Draws the grid: states (opaque) or the heatmap (semi-transparent, to lay over the image).
 pub fn paint_grid(painter: &egui::Painter, rect: Rect, cells: &GridCells, heatmap: bool) {
     let n = cells.grid * cells.grid;
