@@ -398,7 +398,10 @@ pub fn psnr_plot_ui(
                 String::new()
             }
         })
-        .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftBottom))
+        // Room above the highest line for the legend (the models only) in the upper left; the
+        // reference lines are labelled where they end instead of in the legend.
+        .include_y(headroom_top(series, teacher_db, block_db))
+        .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
         .allow_scroll(false)
         .allow_zoom(false)
         .allow_drag(false)
@@ -415,33 +418,62 @@ pub fn psnr_plot_ui(
                         .radius(3.0),
                 );
             }
-            if let Some(t) = teacher_db {
-                plot.line(
-                    Line::new(
-                        "teacher",
-                        PlotPoints::from(vec![[1.0, t], [series_len(series) as f64, t]]),
-                    )
-                    .style(egui_plot::LineStyle::dashed_loose()),
+            let end = series_len(series) as f64;
+            let label = |plot: &mut egui_plot::PlotUi<'_>, y: f64, text: String, colour| {
+                plot.text(
+                    egui_plot::Text::new("", egui_plot::PlotPoint::new(end, y), text)
+                        .color(colour)
+                        .anchor(egui::Align2::RIGHT_BOTTOM),
                 );
+            };
+            if let Some(t) = teacher_db {
+                let colour = Color32::from_rgb(200, 90, 90);
+                plot.line(
+                    Line::new("", PlotPoints::from(vec![[1.0, t], [end, t]]))
+                        .color(colour)
+                        .style(egui_plot::LineStyle::dashed_loose()),
+                );
+                label(plot, t, "teacher".into(), colour);
             }
             for &(block, db) in block_db {
+                let colour = if block == 4 {
+                    Color32::from_gray(150)
+                } else {
+                    Color32::from_gray(110)
+                };
                 plot.line(
-                    Line::new(
-                        format!("{block}x{block} block means"),
-                        PlotPoints::from(vec![[1.0, db], [series_len(series) as f64, db]]),
-                    )
-                    .color(if block == 4 {
-                        Color32::from_gray(150)
-                    } else {
-                        Color32::from_gray(100)
-                    })
-                    .style(egui_plot::LineStyle::dashed_dense()),
+                    Line::new("", PlotPoints::from(vec![[1.0, db], [end, db]]))
+                        .color(colour)
+                        .style(egui_plot::LineStyle::dashed_dense()),
                 );
+                label(plot, db, format!("{block}x{block} block means"), colour);
             }
             if step > 0 {
-                plot.vline(VLine::new("current step", step as f64));
+                plot.vline(VLine::new("", step as f64).color(Color32::from_gray(160)));
             }
         });
+}
+
+/// A y value a little above every line of the PSNR plot, so that the legend has room.
+fn headroom_top(
+    series: &[(&str, &Vec<[f64; 2]>)],
+    teacher_db: Option<f64>,
+    block_db: &[(u32, f64)],
+) -> f64 {
+    let values = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p[1]))
+        .chain(teacher_db)
+        .chain(block_db.iter().map(|&(_, db)| db))
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+        (l.min(v), h.max(v))
+    });
+    if hi.is_finite() {
+        hi + 0.35 * (hi - lo).max(1.0)
+    } else {
+        0.0
+    }
 }
 
 fn series_len(series: &[(&str, &Vec<[f64; 2]>)]) -> usize {

@@ -166,10 +166,7 @@ fn blas() -> Option<&'static Blas> {
         // the exit-time hazard below was fixed. Until that second fault is found, the library is
         // used only when asked for.
         Err(_) => {
-            let _ = REFUSED.set(
-                "OpenBLAS is opt-in: SFTOK_BLAS=auto searches for it, SFTOK_BLAS=/path names one"
-                    .into(),
-            );
+            let _ = REFUSED.set("OpenBLAS is opt-in: SFTOK_BLAS=auto".into());
             None
         }
         Ok(v) if matches!(v.trim(), "off" | "none" | "0" | "") => None,
