@@ -3,7 +3,10 @@
 #
 #   scripts/demo_chain.sh PART [PART ...]
 #
-# PART: teacher | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | bundle | eval
+# PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | bundle | eval
+# (teacher2: the teacher continued from `teacher` with --init at a lower learning rate; the
+#  bundled teacher. TEACHER_RUN=teacher2 makes stage 1 learn its codes; the bundled token models
+#  of 2026-12-02 were trained against `teacher`, the default)
 # (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each, which is what is bundled;
 #  sfvr and vanilla themselves, before stage 3, are what docs/experiments.md compares)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
@@ -19,6 +22,8 @@ source scripts/common.sh
 # The lengths of the bundled chain (steps at batch 16). The token stages use the small-model
 # defaults of `sftok train` (learning rate 1e-3, soft-embedding loss; see docs/token_stages.md).
 TEACHER_STEPS=${TEACHER_STEPS:-3000}
+TEACHER2_STEPS=${TEACHER2_STEPS:-4000}
+TEACHER_RUN=${TEACHER_RUN:-teacher}
 STAGE1_STEPS=${STAGE1_STEPS:-3500}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 STAGE3_STEPS=${STAGE3_STEPS:-400}
@@ -28,8 +33,11 @@ for part in "$@"; do
     teacher)
       train "$RUNS/teacher" teacher --preset demo --steps "$TEACHER_STEPS"
       ;;
+    teacher2)
+      train "$RUNS/teacher2" teacher --init "$RUNS/teacher" --steps "$TEACHER2_STEPS" --lr 1e-4
+      ;;
     stage1)
-      train "$RUNS/stage1" stage1 --preset demo --teacher "$RUNS/teacher" --steps "$STAGE1_STEPS"
+      train "$RUNS/stage1" stage1 --preset demo --teacher "$RUNS/$TEACHER_RUN" --steps "$STAGE1_STEPS"
       ;;
     sfvr)
       train "$RUNS/sfvr" stage2 --init "$RUNS/stage1" --steps "$STAGE2_STEPS"
@@ -45,7 +53,9 @@ for part in "$@"; do
       ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
-      cp "$RUNS/teacher/model/config.json" "$RUNS/teacher/model/teacher.safetensors" assets/models/teacher/
+      teacher=teacher
+      [ -e "$RUNS/teacher2/model/teacher.safetensors" ] && teacher=teacher2
+      cp "$RUNS/$teacher/model/config.json" "$RUNS/$teacher/model/teacher.safetensors" assets/models/teacher/
       for m in sfvr vanilla; do
         cp "$RUNS/${m}3/model/config.json" "$RUNS/${m}3/model/model.safetensors" \
           "$RUNS/${m}3/model/teacher.safetensors" "assets/models/$m/"
@@ -56,7 +66,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, stage1, sfvr, vanilla, sfvr3, vanilla3, bundle or eval" >&2
+      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, bundle or eval" >&2
       exit 2
       ;;
   esac
