@@ -302,7 +302,10 @@ impl StudioApp {
                 self.gallery.open(sample_paths(&self.assets), ui.ctx());
             }
             ui.separator();
-            ui.label(format!("device: {}", self.device));
+            // One line whatever the window's width: cut with an ellipsis, the whole on hover.
+            let device = format!("device: {}", self.device);
+            ui.add(egui::Label::new(device.as_str()).truncate())
+                .on_hover_text(device);
         });
     }
 
