@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::builtin_gemm::builtin_gemm;
+
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
@@ -318,28 +320,16 @@ fn race(sgemm: Sgemm) -> (f64, f64) {
         }
     });
     let builtin = best(&mut || {
-        // SAFETY: as above, with (column, row) strides for the gemm crate.
+        // SAFETY: as above.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
+            builtin_gemm(
+                [m, n, k],
+                (c.as_mut_ptr(), [n, 1]),
                 false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                1.0,
+                (a.as_ptr(), [k, 1]),
+                (b.as_ptr(), [n, 1]),
                 1.0,
                 false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         }
     });
@@ -515,30 +505,8 @@ mod tests {
                     unsafe { crate::kernels::gemm::gemm_threaded([m, n, k], dst, false, lhs, rhs) };
                 } else {
                     // What `gemm_threaded` does without a library: the gemm crate on rayon.
-                    // SAFETY: as above, with (column, row) strides for the gemm crate.
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            dst.0,
-                            1,
-                            n as isize,
-                            false,
-                            lhs.0,
-                            1,
-                            k as isize,
-                            rhs.0,
-                            1,
-                            n as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::Rayon(0),
-                        )
-                    };
+                    // SAFETY: as above.
+                    unsafe { builtin_gemm([m, n, k], dst, false, lhs, rhs, 1.0, true) };
                 }
             };
             run();
@@ -717,26 +685,14 @@ mod tests {
                 assert!(done, "{m}x{n}x{k} refused");
                 // SAFETY: as above, on the plain slices.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        want.as_mut_ptr(),
-                        ds[1] as isize,
-                        ds[0] as isize,
+                    builtin_gemm(
+                        [m, n, k],
+                        (want.as_mut_ptr(), ds),
                         true,
-                        lhs.as_ptr().add(GUARD),
-                        ls[1] as isize,
-                        ls[0] as isize,
-                        rhs.as_ptr().add(GUARD),
-                        rs[1] as isize,
-                        rs[0] as isize,
-                        1.0,
+                        (lhs.as_ptr().add(GUARD), ls),
+                        (rhs.as_ptr().add(GUARD), rs),
                         0.5,
                         false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     )
                 };
                 for (name, buf, len) in [

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::buffers::zeroed;
+use super::builtin_gemm::builtin_gemm;
 
 /// A strided f32 GEMM: `dst (m x n) = [dst +] scale * lhs (m x k) * rhs (k x n)`, each matrix given
 /// by its pointer and (row, column) strides, on the calling thread.
@@ -147,34 +148,17 @@ unsafe fn gemm_block(
     if done {
         return;
     }
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the caller vouches for the pointers and strides.
+    // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
+        builtin_gemm(
+            [m, n, k],
+            (dst, [dst_rs, dst_cs]),
             accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
+            (lhs, [lhs_rs, lhs_cs]),
+            (rhs, [rhs_rs, rhs_cs]),
             scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+            parallel,
+        )
     }
 }
 

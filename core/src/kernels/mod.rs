@@ -8,7 +8,8 @@
 //! Layers, each using only the ones above it (no module cycles):
 //! - building blocks: [`simd`] (instruction-set choice and vectorised loops), [`math`] (exp, erf,
 //!   tanh, softmax), [`buffers`] (output storage), [`tensors`] (burn tensors to raw slices);
-//! - raw kernels on slices: [`gemm`] (with the optional system BLAS, [`blas`]), [`conv`]
+//! - raw kernels on slices: [`gemm`] (with the optional system BLAS, [`blas`], and the
+//!   `gemm` crate, [`builtin_gemm`]), [`conv`]
 //!   (direct and shifted-GEMM convolutions, weight gradients), [`norm`], [`attention`],
 //!   [`resample`];
 //! - [`autodiff`]: the recorded training operations, one per file, whose forward and backward
@@ -24,6 +25,7 @@ pub(crate) mod attention;
 pub mod autodiff;
 pub mod blas;
 pub(crate) mod buffers;
+pub(crate) mod builtin_gemm;
 pub(crate) mod conv;
 pub(crate) mod gemm;
 pub(crate) mod math;
