@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod generator;
 pub mod image_io;
 #[allow(unsafe_code)]
 pub mod kernels;

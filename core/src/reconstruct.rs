@@ -120,6 +120,16 @@ fn reconstruct_here(
     trace
 }
 
+/// The official `decode_tokens`: latent token ids `[B][L]` (OptVQ indices, e.g. a generator's
+/// output) to pixels, through the exact codebook vectors and the multi-step decoder.
+pub fn decode_tokens(model: &Sftok, latent_ids: &[Vec<i64>], opts: &ReconstructOptions) -> Trace {
+    let device = model.latent_tokens.val().device();
+    let ids = ids_tensor(latent_ids, &device);
+    let mut trace = generate(model, model.quantize.codebook_entries(ids), opts);
+    trace.latent_ids = latent_ids.to_vec();
+    trace
+}
+
 /// The decoding loop from quantized latents `[B, D, 1, L]`.
 pub fn generate(model: &Sftok, zq: Tensor<4>, opts: &ReconstructOptions) -> Trace {
     on_compute_pool(&zq.device(), || generate_here(model, zq, opts))

@@ -95,6 +95,12 @@ pub fn official_key(path: &[(String, String)]) -> OfficialKey {
                 transposed = true;
                 "weight"
             }
+            // The generator's BERT (`generator/bert.rs`): `self` is a Rust keyword, and
+            // `LayerNorm` is not a field name Rust accepts without complaint.
+            ("self_attention", "Struct:BertAttention") => "self",
+            ("layer_norm", "Struct:BertEmbeddings" | "Struct:BertSelfOutput" | "Struct:BertOutput") => {
+                "LayerNorm"
+            }
             // The official decoder head is `nn.Sequential(conv, tanh, conv)`.
             ("ffn_expand", _) => "ffn.0",
             ("ffn_logits", _) => "ffn.2",

@@ -5,6 +5,7 @@ pub mod codebook;
 pub mod config;
 pub mod ema;
 pub mod events;
+pub mod generator_step;
 pub mod heldout;
 pub mod masking;
 pub mod optim;
