@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use serde_json::Value;
+use sftok_core::checkpoint::build_sftok;
 use sftok_core::checkpoint::files::read_safetensors_bytes;
 use sftok_core::checkpoint::state::{StateDict, param_ids};
-use sftok_core::checkpoint::build_sftok;
 use sftok_core::config::{SftokConfig, python_json_to_json};
 use sftok_core::generator::sampling::{Draw, NoiseSource, gumbel};
 use sftok_core::generator::{
@@ -102,7 +102,8 @@ impl Fixture {
 }
 
 fn get<'a>(sd: &'a StateDict, key: &str) -> &'a sftok_core::checkpoint::StoredTensor {
-    sd.get(key).unwrap_or_else(|| panic!("fixture lacks `{key}`"))
+    sd.get(key)
+        .unwrap_or_else(|| panic!("fixture lacks `{key}`"))
 }
 
 fn f32s(sd: &StateDict, key: &str) -> Vec<f32> {
@@ -157,8 +158,11 @@ impl Report {
     fn close(&mut self, name: &str, got: &[f32], want: &[f32], atol: f32) {
         self.checked += 1;
         if got.len() != want.len() {
-            self.failures
-                .push(format!("{name}: {} values, expected {}", got.len(), want.len()));
+            self.failures.push(format!(
+                "{name}: {} values, expected {}",
+                got.len(),
+                want.len()
+            ));
             return;
         }
         let mut worst = (0.0f32, 0usize);
@@ -205,7 +209,10 @@ impl Report {
             self.checked,
             self.failures.join("\n")
         );
-        eprintln!("{backend}: all {} generator parity checks passed", self.checked);
+        eprintln!(
+            "{backend}: all {} generator parity checks passed",
+            self.checked
+        );
     }
 }
 
@@ -252,8 +259,16 @@ fn check_forward(fx: &Fixture, model: &ImageBert, device: &Device, r: &mut Repor
     let b = labels.len();
     let cond = model.condition_tokens(&labels, &vec![false; b]);
     let null = model.condition_tokens(&labels, &vec![true; b]);
-    r.exact("fwd_condition_ids_cond", &cond, &i64s(&fx.io, "fwd_condition_ids_cond"));
-    r.exact("fwd_condition_ids_null", &null, &i64s(&fx.io, "fwd_condition_ids_null"));
+    r.exact(
+        "fwd_condition_ids_cond",
+        &cond,
+        &i64s(&fx.io, "fwd_condition_ids_cond"),
+    );
+    r.exact(
+        "fwd_condition_ids_null",
+        &null,
+        &i64s(&fx.io, "fwd_condition_ids_null"),
+    );
     for (key, tokens) in [("fwd_logits_cond", &cond), ("fwd_logits_null", &null)] {
         let logits = model.forward(ids_tensor(&ids, device), tokens);
         r.close(key, &values(logits), &f32s(&fx.io, key), 1e-4);
@@ -281,9 +296,7 @@ fn options(case: &Value) -> GenerateOptions {
         guidance_decay: GuidanceDecay::parse(case["guidance_decay"].as_str().unwrap()).unwrap(),
         guidance_scale_pow: case["guidance_scale_pow"].as_f64().unwrap(),
         randomize_temperature: case["randomize_temperature"].as_f64().unwrap(),
-        softmax_temperature_annealing: case["softmax_temperature_annealing"]
-            .as_bool()
-            .unwrap(),
+        softmax_temperature_annealing: case["softmax_temperature_annealing"].as_bool().unwrap(),
         keep_logits: true,
     }
 }
@@ -307,15 +320,29 @@ fn check_generation(fx: &Fixture, model: &ImageBert, r: &mut Report) -> usize {
             };
             // The Gumbel transform itself, against the official run's.
             let g: Vec<f32> = noise.logits.iter().map(|&u| gumbel(u)).collect();
-            r.close(&key("step_g_logits"), &g, &f32s(&fx.io, &key("step_g_logits")), 1e-5);
+            r.close(
+                &key("step_g_logits"),
+                &g,
+                &f32s(&fx.io, &key("step_g_logits")),
+                1e-5,
+            );
             let g: Vec<f32> = noise.conf.iter().map(|&u| gumbel(u)).collect();
-            r.close(&key("step_g_conf"), &g, &f32s(&fx.io, &key("step_g_conf")), 1e-5);
+            r.close(
+                &key("step_g_conf"),
+                &g,
+                &f32s(&fx.io, &key("step_g_conf")),
+                1e-5,
+            );
             generate(model, &labels, &opts, &mut noise)
         } else {
             generate(model, &labels, &opts, &mut NoNoise)
         };
         let steps = &generation.steps;
-        r.exact(&key("ids"), &generation.ids.concat(), &i64s(&fx.io, &key("ids")));
+        r.exact(
+            &key("ids"),
+            &generation.ids.concat(),
+            &i64s(&fx.io, &key("ids")),
+        );
         let ids_per_step = |f: fn(&sftok_core::generator::GeneratorStep) -> &Vec<Vec<i64>>| {
             by_batch_then_step(&steps.iter().map(|s| f(s).clone()).collect::<Vec<_>>())
         };
@@ -351,9 +378,18 @@ fn check_generation(fx: &Fixture, model: &ImageBert, r: &mut Report) -> usize {
         let lens: Vec<i64> = steps.iter().map(|s| s.mask_len as i64).collect();
         r.exact(&key("mask_len"), &lens, &i64s(&fx.io, &key("mask_len")));
         let uses: Vec<i64> = steps.iter().map(|s| i64::from(s.uses_cfg)).collect();
-        r.exact(&key("step_uses_cfg"), &uses, &i64s(&fx.io, &key("step_uses_cfg")));
+        r.exact(
+            &key("step_uses_cfg"),
+            &uses,
+            &i64s(&fx.io, &key("step_uses_cfg")),
+        );
         let cfg: Vec<f32> = steps.iter().map(|s| s.cfg_scale).collect();
-        r.close(&key("step_cfg_scale"), &cfg, &f32s(&fx.io, &key("step_cfg_scale")), 1e-6);
+        r.close(
+            &key("step_cfg_scale"),
+            &cfg,
+            &f32s(&fx.io, &key("step_cfg_scale")),
+            1e-6,
+        );
         let temps: Vec<f32> = steps.iter().map(|s| s.annealed_temp as f32).collect();
         r.close(
             &key("step_annealed_temp"),
@@ -392,13 +428,14 @@ fn check_generation(fx: &Fixture, model: &ImageBert, r: &mut Report) -> usize {
         if fx.io.contains_key(&key("step_cond_logits")) {
             let k = model.codebook_size;
             let l = generation.ids[0].len();
-            let per_step = |which: fn(&sftok_core::generator::GeneratorStep) -> &Option<Vec<f32>>| {
-                let v: Vec<Vec<f32>> = steps
-                    .iter()
-                    .map(|s| which(s).clone().unwrap_or_else(|| vec![0.0; b * l * k]))
-                    .collect();
-                flat_by_batch_then_step(&v, b)
-            };
+            let per_step =
+                |which: fn(&sftok_core::generator::GeneratorStep) -> &Option<Vec<f32>>| {
+                    let v: Vec<Vec<f32>> = steps
+                        .iter()
+                        .map(|s| which(s).clone().unwrap_or_else(|| vec![0.0; b * l * k]))
+                        .collect();
+                    flat_by_batch_then_step(&v, b)
+                };
             r.close(
                 &key("step_cond_logits"),
                 &per_step(|s| &s.cond_logits),
@@ -446,27 +483,59 @@ fn check_training(fx: &Fixture, device: &Device, r: &mut Report) {
     let l = tokens[0].len();
     let draws = GeneratorDraws {
         timesteps: f32s(tr, "rand/timesteps"),
-        perm_rand: f32s(tr, "rand/perm_rand").chunks(l).map(<[f32]>::to_vec).collect(),
+        perm_rand: f32s(tr, "rand/perm_rand")
+            .chunks(l)
+            .map(<[f32]>::to_vec)
+            .collect(),
         drop_rand: f32s(tr, "rand/drop_rand"),
     };
-    let out = generator_step(&model, &tokens, &classes, &draws, fx.config.class_label_dropout);
+    let out = generator_step(
+        &model,
+        &tokens,
+        &classes,
+        &draws,
+        fx.config.class_label_dropout,
+    );
     let m = &out.masking;
     r.close("mask_ratio", &m.mask_ratio, &f32s(tr, "mask_ratio"), 1e-6);
     let counts: Vec<i64> = m.num_token_masked.iter().map(|&n| n as i64).collect();
     r.exact("num_token_masked", &counts, &i64s(tr, "num_token_masked"));
     let mask: Vec<i64> = m.mask.iter().flatten().map(|&v| i64::from(v)).collect();
     r.exact("mask", &mask, &i64s(tr, "mask"));
-    r.exact("masked_tokens", &m.masked_tokens.concat(), &i64s(tr, "masked_tokens"));
+    r.exact(
+        "masked_tokens",
+        &m.masked_tokens.concat(),
+        &i64s(tr, "masked_tokens"),
+    );
     let drop: Vec<i64> = m.drop_label.iter().map(|&v| i64::from(v)).collect();
     r.exact("drop_label", &drop, &i64s(tr, "drop_label"));
-    r.exact("condition_ids", &m.condition_tokens, &i64s(tr, "condition_ids"));
-    r.close("logits", &values(out.logits.clone()), &f32s(tr, "logits"), 1e-4);
+    r.exact(
+        "condition_ids",
+        &m.condition_tokens,
+        &i64s(tr, "condition_ids"),
+    );
+    r.close(
+        "logits",
+        &values(out.logits.clone()),
+        &f32s(tr, "logits"),
+        1e-4,
+    );
     for (name, t) in [("nll", &out.nll), ("smooth", &out.smooth), ("ce", &out.ce)] {
         r.close(name, &values(t.clone()), &f32s(tr, name), 1e-5);
     }
-    r.close("loss_weights", &out.loss_weights.concat(), &f32s(tr, "loss_weights"), 0.0);
+    r.close(
+        "loss_weights",
+        &out.loss_weights.concat(),
+        &f32s(tr, "loss_weights"),
+        0.0,
+    );
     r.close("loss", &values(out.loss.clone()), &f32s(tr, "loss"), 1e-5);
-    r.close("correct_tokens", &[out.correct_tokens], &f32s(tr, "correct_tokens"), 1e-6);
+    r.close(
+        "correct_tokens",
+        &[out.correct_tokens],
+        &f32s(tr, "correct_tokens"),
+        1e-6,
+    );
 
     let grads = GradientsParams::from_grads(out.loss.backward(), &model);
     let norm = grad_norm(&model, &grads);
@@ -483,9 +552,7 @@ fn check_training(fx: &Fixture, device: &Device, r: &mut Report) {
         let want = f32s(tr, &want_key);
         let rank = get(tr, &want_key).shape.len();
         // burn's Linear holds [in, out]; the file holds PyTorch's [out, in].
-        let linear_weight = name.ends_with(".weight")
-            && rank == 2
-            && !name.contains("embeddings");
+        let linear_weight = name.ends_with(".weight") && rank == 2 && !name.contains("embeddings");
         let got = match (rank, linear_weight) {
             (1, _) => grads.get::<1>(*id).map(values),
             (2, true) => grads.get::<2>(*id).map(|g| values(g.transpose())),
@@ -547,7 +614,9 @@ fn the_fixture_weights_and_a_fresh_model_have_the_same_names_and_shapes() {
     let file = read(&fx.dir.join("generator.safetensors"));
     assert_eq!(ours.len(), file.len(), "tensor count");
     for (name, shape, _) in ours {
-        let t = file.get(&name).unwrap_or_else(|| panic!("{name} not in the file"));
+        let t = file
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} not in the file"));
         assert_eq!(t.shape, shape, "{name}");
     }
 }

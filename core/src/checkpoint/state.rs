@@ -98,9 +98,10 @@ pub fn official_key(path: &[(String, String)]) -> OfficialKey {
             // The generator's BERT (`generator/bert.rs`): `self` is a Rust keyword, and
             // `LayerNorm` is not a field name Rust accepts without complaint.
             ("self_attention", "Struct:BertAttention") => "self",
-            ("layer_norm", "Struct:BertEmbeddings" | "Struct:BertSelfOutput" | "Struct:BertOutput") => {
-                "LayerNorm"
-            }
+            (
+                "layer_norm",
+                "Struct:BertEmbeddings" | "Struct:BertSelfOutput" | "Struct:BertOutput",
+            ) => "LayerNorm",
             // The official decoder head is `nn.Sequential(conv, tanh, conv)`.
             ("ffn_expand", _) => "ffn.0",
             ("ffn_logits", _) => "ffn.2",

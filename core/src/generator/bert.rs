@@ -146,11 +146,7 @@ impl BertLayer {
             None => explicit_attention(qkv, heads),
         };
         let out = &self.attention.output;
-        let h = layer_norm(
-            &out.layer_norm,
-            linear_layer(&out.dense, context) + h,
-            eps,
-        );
+        let h = layer_norm(&out.layer_norm, linear_layer(&out.dense, context) + h, eps);
         let mlp = linear_layer(
             &self.output.dense,
             gelu(linear_layer(&self.intermediate.dense, h.clone())),
@@ -251,11 +247,7 @@ impl ImageBert {
     /// condition tokens `[B]` (from [`Self::condition_tokens`]).
     pub fn forward(&self, ids: Tensor<2, Int>, condition_tokens: &[i64]) -> Tensor<3> {
         let [b, l] = ids.dims();
-        assert_eq!(
-            condition_tokens.len(),
-            b,
-            "one condition token per image"
-        );
+        assert_eq!(condition_tokens.len(), b, "one condition token per image");
         let cond = Tensor::<2, Int>::from_data(
             TensorData::new(condition_tokens.to_vec(), [b, 1]),
             &ids.device(),

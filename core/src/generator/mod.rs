@@ -13,5 +13,10 @@ pub mod sampling;
 
 pub use bert::ImageBert;
 pub use config::{GeneratorConfig, GuidanceDecay, SamplingDefaults};
-pub use model_dir::{LoadedGenerator, build_generator, import_official_generator, load_generator_dir, save_generator_dir};
-pub use sampling::{GenerateOptions, Generation, GeneratorStep, NoiseSource, SeededNoise, generate};
+pub use model_dir::{
+    LoadedGenerator, build_generator, import_official_generator, load_generator_dir,
+    save_generator_dir,
+};
+pub use sampling::{
+    GenerateOptions, Generation, GeneratorStep, NoiseSource, SeededNoise, generate,
+};

@@ -163,7 +163,9 @@ pub fn generate(
     opts: &GenerateOptions,
     noise: &mut (dyn NoiseSource + Send),
 ) -> Generation {
-    on_compute_pool(&model.device(), || generate_here(model, classes, opts, noise))
+    on_compute_pool(&model.device(), || {
+        generate_here(model, classes, opts, noise)
+    })
 }
 
 /// Host values of a `[B, L, K]` tensor.
@@ -253,7 +255,11 @@ fn generate_here(
                 let mut best = 0;
                 let mut best_score = f32::NEG_INFINITY;
                 for (i, (&v, &u)) in scores.iter().zip(noise_row).enumerate() {
-                    let s = if temp32 == 0.0 { v } else { v + temp32 * gumbel(u) };
+                    let s = if temp32 == 0.0 {
+                        v
+                    } else {
+                        v + temp32 * gumbel(u)
+                    };
                     // The first maximum, as torch's argmax; NaN never wins.
                     if s > best_score || i == 0 {
                         best = i;
