@@ -258,6 +258,24 @@ pub fn hstack(images: &[RgbImage], gap: u32) -> RgbImage {
     out
 }
 
+/// Rows of `columns` images (the last row may be shorter), `gap` white pixels between them.
+pub fn grid(images: &[RgbImage], columns: usize, gap: u32) -> RgbImage {
+    let rows: Vec<RgbImage> = images
+        .chunks(columns.max(1))
+        .map(|row| hstack(row, gap))
+        .collect();
+    let width = rows.iter().map(|r| r.width()).max().unwrap_or(1);
+    let height =
+        rows.iter().map(|r| r.height()).sum::<u32>() + gap * rows.len().saturating_sub(1) as u32;
+    let mut out = RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([255, 255, 255]));
+    let mut y = 0;
+    for row in &rows {
+        image::imageops::overlay(&mut out, row, 0, y as i64);
+        y += row.height() + gap;
+    }
+    out
+}
+
 /// Writes a PNG.
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<(), ImageError> {
     image.save(path).map_err(|e| ImageError::Write {

@@ -114,3 +114,23 @@ fn teacher_matches_the_official_maskgit_vqgan() {
     assert_eq!(got.len(), json["num_tensors"].as_u64().unwrap() as usize);
     assert_same("maskgit_vqgan", got, official(&json["state_dict"]));
 }
+
+#[test]
+fn generator_matches_the_official_image_bert() {
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(shapes_file("official_shapes_generator.json")).unwrap(),
+    )
+    .unwrap();
+    let model = sftok_core::generator::ImageBert::new(
+        &sftok_core::generator::GeneratorConfig::sftok_b(),
+        &Device::flex(),
+    );
+    let got = ours(state_dict_shapes(&model));
+    assert_eq!(got.len(), json["num_tensors"].as_u64().unwrap() as usize);
+    let elements: usize = got
+        .iter()
+        .map(|(_, s, _)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(elements as u64, json["num_elements"].as_u64().unwrap());
+    assert_same("generator", got, official(&json["state_dict"]));
+}

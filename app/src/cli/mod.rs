@@ -3,7 +3,9 @@
 mod curves;
 mod eval;
 mod fid;
+pub mod generate;
 mod import;
+mod import_generator;
 mod paired;
 mod reconstruct;
 pub mod train;
@@ -31,6 +33,10 @@ pub enum Command {
     Reconstruct(reconstruct::Args),
     /// Convert official SFTok weights (pytorch_model.bin or .safetensors) into a model directory.
     Import(import::Args),
+    /// Convert the official MaskGIT generator checkpoint (ema_model/pytorch_model.bin) into a generator directory.
+    ImportGenerator(import_generator::Args),
+    /// Generate images of a class: the MaskGIT generator's tokens, decoded step by step by the tokenizer.
+    Generate(generate::Args),
     /// Open the desktop app (the same as no subcommand), optionally on a given view.
     App(AppArgs),
     /// Evaluate models at several step counts: PSNR, SSIM, proxy-code accuracy, codebook use, rFID.
@@ -77,6 +83,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Import(args) => import::run(args),
+        Command::ImportGenerator(args) => import_generator::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Curves(args) => curves::run(args),

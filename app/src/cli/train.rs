@@ -7,28 +7,67 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sftok_core::checkpoint::model_dir::carries_teacher;
+use sftok_core::generator::GeneratorConfig;
 use sftok_core::train::config::PerceptualWeights;
+use sftok_core::train::generator_trainer::{GeneratorTrainConfig, train_generator};
 use sftok_core::train::masking::Stage2Inputs;
 use sftok_core::train::trainer::model_config_of;
 use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train_data_parallel};
 use sftok_core::{DeviceChoice, SftokConfig};
 
+/// What `sftok train` trains: a stage of the tokenizer, or the class-to-image generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainTarget {
+    Stage(StageKind),
+    /// The MaskGIT generator, on the tokens of --data under --tokenizer.
+    Generator,
+}
+
+impl std::str::FromStr for TrainTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "generator" => Ok(Self::Generator),
+            _ => s
+                .parse()
+                .map(Self::Stage)
+                .map_err(|e: String| format!("{e}, or generator")),
+        }
+    }
+}
+
+impl std::fmt::Display for TrainTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stage(k) => k.fmt(f),
+            Self::Generator => f.write_str("generator"),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// teacher, stage1, stage2 or stage3.
-    pub stage: StageKind,
+    /// teacher, stage1, stage2, stage3, or generator (the class-to-image MaskGIT).
+    pub stage: TrainTarget,
     /// Folder of training images (searched recursively; jpg, png, webp, bmp).
     #[arg(long)]
     pub data: PathBuf,
     /// The run directory to create (or to continue with --resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Model size: tiny, demo, sftok-b, sftok-l.
+    /// Model size: tiny, demo, sftok-b, sftok-l (generator: demo or sftok-b).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// The teacher: a teacher run or an imported official teacher (needed by stages 1 and 2).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
+    /// Generator: the tokenizer (model directory or run) whose tokens it learns; classes are
+    /// the first-level sub-folders of --data (a flat folder: unconditional).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Generator: random crops (with flips) tokenized per training image, once, into the run.
+    #[arg(long, default_value_t = 8)]
+    pub views: usize,
     /// The run (or model directory) this stage starts from; it also carries its teacher.
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -132,7 +171,7 @@ impl Args {
             arg
         };
         let argv = [
-            OsString::from(stage.to_string()),
+            OsString::from(TrainTarget::Stage(stage).to_string()),
             with_value("--data=", data),
             with_value("--out=", out),
         ];
@@ -143,7 +182,12 @@ impl Args {
 }
 
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
-    let model = match (&args.init, &args.teacher, args.stage) {
+    let TrainTarget::Stage(stage) = args.stage else {
+        anyhow::bail!(
+            "the generator is trained by `sftok train generator`, not as a tokenizer stage"
+        );
+    };
+    let model = match (&args.init, &args.teacher, stage) {
         // A stage that starts from a run takes that run's model configuration (stage 1 and the
         // teacher too: continuing a run, where --preset, default `tiny`, would name a model the
         // weights do not fit; a demo teacher continued under the tiny preset's codebook size
@@ -164,13 +208,13 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
         }
         _ => SftokConfig::preset(&args.preset)?,
     };
-    let mut config = TrainConfig::for_stage(args.stage, model, args.data.clone(), args.steps);
+    let mut config = TrainConfig::for_stage(stage, model, args.data.clone(), args.steps);
     config.teacher = args.teacher.clone();
     config.init = args.init.clone();
     if config.teacher.is_none() {
         // The --init run carries its teacher (stage 3 passes it on to its model when it has
         // one, so that the result can still be measured against it).
-        config.teacher = match (args.stage, &args.init) {
+        config.teacher = match (stage, &args.init) {
             (StageKind::Stage1 | StageKind::Stage2, init) => init.clone(),
             (StageKind::Stage3, Some(init)) if carries_teacher(init) => Some(init.clone()),
             _ => None,
@@ -224,9 +268,53 @@ pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
     Ok(config)
 }
 
+/// `sftok train generator`: the run's configuration from the flags.
+pub fn generator_config_from_args(args: &Args) -> anyhow::Result<GeneratorTrainConfig> {
+    let Some(tokenizer) = args.tokenizer.clone() else {
+        anyhow::bail!(
+            "the generator learns a tokenizer's tokens: pass --tokenizer (a model directory such \
+             as assets/models/sfvr, or a training run)"
+        );
+    };
+    let mut config = GeneratorTrainConfig::demo(args.data.clone(), tokenizer);
+    match args.preset.as_str() {
+        // The default preset of the tokenizer stages names no generator size: the demo one.
+        "demo" | "tiny" => {}
+        "sftok-b" => config.model = GeneratorConfig::sftok_b(),
+        other => anyhow::bail!("--preset {other}: the generator has the presets demo and sftok-b"),
+    }
+    config.steps = args.steps;
+    config.batch_size = args.batch_size;
+    if let Some(lr) = args.lr {
+        config.learning_rate = lr;
+        config.end_learning_rate = lr / 50.0;
+    }
+    if let Some(w) = args.warmup {
+        config.warmup_steps = w;
+    }
+    config.views = args.views;
+    config.max_scale = args.max_scale;
+    config.seed = args.seed;
+    config.log_every = args.log_every;
+    config.eval_every = args.eval_every;
+    config.checkpoint_every = args.checkpoint_every;
+    config.keep_checkpoints = args.keep_checkpoints;
+    Ok(config)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = config_from_args(&args)?;
+    let generator = match args.stage {
+        TrainTarget::Generator => Some(generator_config_from_args(&args)?),
+        TrainTarget::Stage(_) => None,
+    };
+    let config = match &generator {
+        Some(_) => None,
+        None => Some(config_from_args(&args)?),
+    };
     let chosen: Vec<sftok_core::ChosenDevice> = match &args.devices {
+        Some(_) if generator.is_some() => {
+            anyhow::bail!("the generator trains on one device: use --device")
+        }
         Some(list) => sftok_core::choose_devices(list)?,
         None => vec![super::device(args.device)?],
     };
@@ -250,9 +338,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             stop.stop();
         });
     }
-    let total = config.steps;
+    let total = generator
+        .as_ref()
+        .map_or_else(|| config.as_ref().map_or(0, |c| c.steps), |g| g.steps);
     let mut reported_skips = 0;
-    let bar = ProgressBar::new(config.steps);
+    let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
             "{prefix} [{bar:30}] {pos}/{len} loss {msg} ({per_sec}, ETA {eta})",
@@ -307,6 +397,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             say(format!("{} unreadable files skipped so far", files.len()));
         }
         TrainEvent::Metrics(row) => {
+            // The generator's one-time tokenization of the data, before step 1.
+            if let (Some(done), Some(of)) = (
+                row.get("tokenizing").and_then(|v| v.as_u64()),
+                row.get("of").and_then(|v| v.as_u64()),
+            ) {
+                if terminal {
+                    bar.set_message(format!("(tokenizing the images: {done} of {of})"));
+                } else if done == of || done % 256 < 16 {
+                    eprintln!("tokenizing the images: {done} of {of}");
+                }
+                return;
+            }
             let held: Vec<String> = row
                 .as_object()
                 .into_iter()
@@ -315,7 +417,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .map(|(k, v)| format!("{} {v:.3}", k.replace('_', " ")))
                 .collect();
             let step = row.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
-            if !terminal {
+            if !terminal && held.is_empty() {
                 let loss = row.get("loss").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
                 say(format!("step {step}/{total}: loss {loss:.4}"));
             }
@@ -344,6 +446,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         TrainEvent::Failed { .. } => bar.abandon(),
         _ => {}
     };
-    train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;
+    match (generator, config) {
+        (Some(g), _) => {
+            train_generator(g, &args.out, args.resume, &devices[0], &mut emit, &stop)?;
+        }
+        (None, Some(config)) => {
+            train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;
+        }
+        (None, None) => unreachable!("a configuration was built above"),
+    };
     Ok(())
 }

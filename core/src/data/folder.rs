@@ -50,6 +50,21 @@ impl ImageFolder {
         })
     }
 
+    /// A subset of a scanned folder (e.g. a held-out split): `paths` under `root`, sorted.
+    /// Empty is an error, as for a scan.
+    pub fn from_paths(root: &Path, mut paths: Vec<PathBuf>) -> Result<ImageFolder, DataError> {
+        if paths.is_empty() {
+            return Err(DataError::NoImages {
+                root: root.to_path_buf(),
+            });
+        }
+        paths.sort();
+        Ok(ImageFolder {
+            root: root.to_path_buf(),
+            paths,
+        })
+    }
+
     /// The folder that was scanned (used in messages).
     pub fn root(&self) -> &Path {
         &self.root

@@ -6,6 +6,8 @@ pub mod config;
 pub mod ema;
 pub mod events;
 pub mod generator_step;
+pub mod generator_tokens;
+pub mod generator_trainer;
 pub mod heldout;
 pub mod masking;
 pub mod optim;

@@ -114,7 +114,10 @@ fn default_settings_are_the_command_lines() {
     // A path that looks like a flag is still a path.
     let args = Args::with_defaults(StageKind::Stage3, Path::new("-x"), Path::new("--y")).unwrap();
     assert_eq!(args.data, Path::new("-x"));
-    assert_eq!(args.stage, StageKind::Stage3);
+    assert_eq!(
+        args.stage,
+        crate::cli::train::TrainTarget::Stage(StageKind::Stage3)
+    );
 }
 
 #[test]
@@ -132,7 +135,10 @@ fn settings_survive_serde_and_old_files() {
     assert_eq!(back, s);
     // A partial (older) settings file: the rest takes the defaults.
     let partial: TrainSettings = serde_json::from_str(r#"{"stage":"stage1","steps":5}"#).unwrap();
-    assert_eq!(partial.stage, StageKind::Stage1);
+    assert_eq!(
+        partial.stage,
+        crate::cli::train::TrainTarget::Stage(StageKind::Stage1)
+    );
     assert_eq!(partial.steps, 5);
     assert_eq!(partial.batch_size, 8);
     // Nonsense is repaired by the panel.
