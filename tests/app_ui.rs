@@ -275,7 +275,7 @@ fn every_enabled_control_of_every_view_can_be_clicked() {
                 .iter()
                 .any(|s| label.starts_with(s))
             // The view tabs: each view is visited anyway.
-            || ["Reconstruct", "Compare", "Train"].contains(&label)
+            || ["Reconstruct", "Compare", "Generate", "Train"].contains(&label)
     };
     for size in [egui::vec2(1000.0, 700.0), egui::vec2(1600.0, 1000.0)] {
         let mut h = Harness::builder().with_size(size).build_eframe(|cc| {
@@ -285,7 +285,12 @@ fn every_enabled_control_of_every_view_can_be_clicked() {
         wait_until(&mut h, "the first reconstruction", |a| {
             trace_ready(a, Slot::A)
         });
-        for view in [View::Reconstruct, View::Compare, View::Train] {
+        for view in [
+            View::Reconstruct,
+            View::Compare,
+            View::Generate,
+            View::Train,
+        ] {
             h.state_mut().settings.view = view;
             h.run_steps(3);
             let mut labels: Vec<(Role, String)> = Vec::new();
@@ -341,4 +346,73 @@ fn every_enabled_control_of_every_view_can_be_clicked() {
             eprintln!("{view:?} at {size:?}: clicked {clicked} of {labels:?}");
         }
     }
+}
+
+/// The Generate view with the bundled generator and tokenizer: generate, follow a sample's
+/// tokens over the generator's steps and its image over the decoder's, regenerate with the next
+/// seed, and generate unconditionally.
+#[test]
+fn generate_view_generates_follows_and_regenerates() {
+    let mut h = harness();
+    wait_until(&mut h, "model A", |a| a.slot(Slot::A).info.is_some());
+    h.get_by_label("Generate").click();
+    h.step();
+    wait_until(&mut h, "the generator", |a| a.generation.info.is_some());
+    let classes = h.state().generation.info.as_ref().unwrap().classes.clone();
+    assert!(classes.len() >= 2, "{classes:?}");
+    h.get_by_label_contains("Press \"Generate images\"");
+    h.get_by_label("Generate images").click();
+    h.step();
+    assert!(h.state().generation.busy);
+    wait_until(&mut h, "the samples", |a| a.generation.result.is_some());
+    let first = h.state().generation.result.clone().unwrap();
+    assert_eq!(first.samples.len(), h.state().settings.generate.count);
+    assert_eq!(first.class_label, classes[0]);
+    h.get_by_label_contains(&format!("samples of {}", classes[0]));
+    // The last generator step: every token known.
+    let l = first.samples[0].latent_ids.len();
+    h.get_by_label_contains(&format!("{l} of {l} known"));
+    // The first: only some.
+    h.state_mut().generation.generator_step = 1;
+    h.run_steps(2);
+    let known_at_1 = first.samples[0].generator_steps[0]
+        .iter()
+        .filter(|t| t.id.is_some())
+        .count();
+    assert!(known_at_1 < l);
+    h.get_by_label_contains(&format!("after step 1: {known_at_1} of {l} known"));
+    h.state_mut().generation.decoder_step = 1;
+    h.run_steps(2);
+    h.get_by_label("after decoder step 1");
+
+    // Regenerate: the next seed, other images.
+    h.get_by_label("Regenerate").click();
+    h.step();
+    wait_until(&mut h, "the regenerated samples", |a| {
+        a.generation
+            .result
+            .as_ref()
+            .is_some_and(|r| r.request.seed == 1)
+    });
+    let second = h.state().generation.result.clone().unwrap();
+    assert!(
+        first
+            .samples
+            .iter()
+            .zip(&second.samples)
+            .any(|(a, b)| a.latent_ids != b.latent_ids),
+        "another seed gave the same tokens"
+    );
+    // Unconditional.
+    h.state_mut().settings.generate.class = None;
+    h.run_steps(2);
+    h.get_by_label("Generate images").click();
+    h.step();
+    wait_until(&mut h, "the unconditional samples", |a| {
+        a.generation
+            .result
+            .as_ref()
+            .is_some_and(|r| r.request.class.is_none())
+    });
+    h.get_by_label_contains("samples of unconditional");
 }

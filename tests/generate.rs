@@ -116,6 +116,25 @@ fn a_trained_generator_makes_each_class_and_the_same_seed_repeats() {
         std::fs::read(&a).unwrap() == std::fs::read(&again).unwrap(),
         "same seed, other images"
     );
+    // Beside the nearest training image: pairs in each row.
+    let paired = dir.join("paired.png");
+    let text = ok(&generate(
+        &run,
+        &paired,
+        &[
+            "--class",
+            "animals",
+            "--reference",
+            dir.join("data").to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        text.contains("nearest reference") && text.contains("mean PSNR"),
+        "{text}"
+    );
+    let grid = image::open(&paired).unwrap();
+    assert_eq!(grid.width(), 4 * 64 + 3 * 2);
+
     // The bundled tiny tokenizer has random weights and gives every photo nearly the same
     // tokens, so the generator learns one sequence; only a hot sampling shows the seed.
     let hot = |seed: &str, out: &Path| {

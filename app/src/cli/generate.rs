@@ -10,7 +10,9 @@ use sftok_core::checkpoint::load_model_dir;
 use sftok_core::generator::{
     GenerateOptions, GuidanceDecay, SeededNoise, check_pairing, generate_images, load_generator_dir,
 };
-use sftok_core::image_io::{grid, hstack, save_png, tensor_to_images};
+use sftok_core::image_io::{
+    center_crop_resize, grid, hstack, load_rgb, psnr, save_png, tensor_to_images,
+};
 use sftok_core::reconstruct::ReconstructOptions;
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +57,14 @@ pub struct Args {
     /// probabilities, then the decoder's steps), and the decoder's step images beside it as PNG.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Training images to compare with: each sample is shown beside its nearest one (by PSNR
+    /// on the tokenizer's centre crop), so a reader sees how much the generator copies.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// FID Inception weights (pt_inception-2015-12-05-6726825d.pth): with --reference, the FID
+    /// of the generated images against the reference images.
+    #[arg(long, requires = "reference")]
+    pub inception: Option<PathBuf>,
     /// auto (a real GPU if there is one, else the CPU), cpu or wgpu.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -172,7 +182,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut SeededNoise::new(args.seed),
     );
     let images = tensor_to_images(out.decoding.pixels.clone());
-    save_png(&grid(&images, count, 2), &args.out)?;
+    let reference = match &args.reference {
+        Some(dir) => Some(reference_images(dir, tokenizer.config.image_size as u32)?),
+        None => None,
+    };
+    match &reference {
+        None => save_png(&grid(&images, count, 2), &args.out)?,
+        Some(reference) => {
+            // Each sample beside its nearest reference image.
+            let mut cells = Vec::new();
+            let mut total = 0.0;
+            for (i, image) in images.iter().enumerate() {
+                let (name, nearest, db) = reference
+                    .iter()
+                    .map(|(name, r)| (name, r, psnr(image, r)))
+                    .max_by(|a, b| a.2.total_cmp(&b.2))
+                    .expect("at least one reference image");
+                println!(
+                    "sample {} ({}): nearest reference {name}, {db:.2} dB",
+                    i + 1,
+                    batch[i].map_or("unconditional".into(), |c| gcfg.class_label(c))
+                );
+                total += db;
+                cells.push(image.clone());
+                cells.push(nearest.clone());
+            }
+            println!(
+                "mean PSNR of a sample to its nearest reference image: {:.2} dB (a copy would \
+                 score as high as the tokenizer's reconstructions do)",
+                total / images.len() as f64
+            );
+            save_png(&grid(&cells, 2 * count, 2), &args.out)?;
+        }
+    }
+    if let (Some(weights), Some(reference)) = (&args.inception, &reference) {
+        let (fid, _) = super::fid::load(Some(weights), &chosen.device)?;
+        let fid = fid.expect("weights were given");
+        let reference: Vec<_> = reference.iter().map(|(_, r)| r.clone()).collect();
+        let distance = sftok_core::eval::FidFeatures::distance(&fid, &reference, &images)?;
+        println!(
+            "FID of the {} generated images against the {} reference images: {distance:.2} \
+             (few images: compare such numbers only at equal counts)",
+            images.len(),
+            reference.len()
+        );
+    }
     eprintln!(
         "wrote {} ({} rows: {}) in {:.1} s",
         args.out.display(),
@@ -188,6 +242,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write_trace(path, &out, &batch, gcfg)?;
     }
     Ok(())
+}
+
+/// The reference folder's images, centre-cropped to `size`, with their file names.
+fn reference_images(dir: &Path, size: u32) -> anyhow::Result<Vec<(String, image::RgbImage)>> {
+    let folder = sftok_core::data::ImageFolder::scan(dir)
+        .map_err(|e| anyhow::anyhow!("--reference: {e}"))?;
+    let mut out = Vec::new();
+    for path in folder.paths() {
+        match load_rgb(path) {
+            Ok(image) => out.push((
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                center_crop_resize(&image, size).0,
+            )),
+            Err(e) => eprintln!("skipped {}: {e}", path.display()),
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("--reference {}: no readable images", dir.display());
+    }
+    Ok(out)
 }
 
 fn write_trace(

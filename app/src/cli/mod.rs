@@ -51,7 +51,7 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct AppArgs {
-    /// The view to open: reconstruct, compare or train (default: the last one used).
+    /// The view to open: reconstruct, compare, generate or train (default: the last one used).
     #[arg(long)]
     pub view: Option<crate::gui::settings::View>,
     /// The window's size in points, WIDTHxHEIGHT (default 1280x820; at least 720x480).

@@ -54,6 +54,8 @@ pub struct StudioApp {
     pub scrub: Scrubber,
     pub edit: TokenEdit,
     pub training: TrainingPanel,
+    /// The Generate view's generator and its last result.
+    pub generation: super::generate::GenerateState,
     /// Messages for the user (errors say what to do), newest last.
     pub messages: Vec<Message>,
     pub device: String,
@@ -96,6 +98,7 @@ impl StudioApp {
             scrub: Scrubber::default(),
             edit: TokenEdit::default(),
             training,
+            generation: Default::default(),
             messages: Vec::new(),
             device: "starting...".into(),
             gpu_grid: false,
@@ -136,6 +139,11 @@ impl StudioApp {
         };
         app.gallery.open(images, ctx);
         app
+    }
+
+    /// The folder of bundled assets (samples, models).
+    pub fn assets(&self) -> &Path {
+        &self.assets
     }
 
     pub fn slot(&self, slot: Slot) -> &ModelSlot {
@@ -214,6 +222,29 @@ impl StudioApp {
                     }
                     self.traces.insert(slot, key, *trace);
                 }
+                ModelEvent::GeneratorLoaded(info) => {
+                    self.generation.loading = None;
+                    self.settings.generator = Some(info.dir.clone());
+                    self.generation.info = Some(info);
+                    self.generation.result = None;
+                }
+                ModelEvent::GeneratorLoadFailed { dir, message } => {
+                    self.generation.loading = None;
+                    let text = format!(
+                        "No generator could be loaded from {}: {message}. Train one with `sftok \
+                         train generator --data DIR --tokenizer MODEL --out RUN`, then Load \
+                         generator... and pick the run.",
+                        dir.display()
+                    );
+                    self.generation.load_error = Some(text.clone());
+                    self.messages.push_error(text);
+                }
+                ModelEvent::Generated(data) => self.generation.show(*data),
+                ModelEvent::GenerateFailed(message) => {
+                    self.generation.busy = false;
+                    self.messages
+                        .push_error(format!("Generation failed: {message}"));
+                }
                 ModelEvent::TraceFailed { slot, key, message } => {
                     self.messages
                         .push_error(format!("Reconstruction failed: {message}"));
@@ -263,6 +294,7 @@ impl StudioApp {
             for (view, label) in [
                 (View::Reconstruct, "Reconstruct"),
                 (View::Compare, "Compare"),
+                (View::Generate, "Generate"),
                 (View::Train, "Train"),
             ] {
                 ui.selectable_value(&mut self.settings.view, view, label);
@@ -444,6 +476,11 @@ impl eframe::App for StudioApp {
                 egui::ScrollArea::both()
                     .id_salt("compare-scroll")
                     .show(ui, |ui| super::compare::view_ui(self, ui));
+            }
+            View::Generate => {
+                egui::ScrollArea::both()
+                    .id_salt("generate-scroll")
+                    .show(ui, |ui| super::generate::view_ui(self, ui));
             }
             View::Train => {
                 let paths = self.gallery.paths();

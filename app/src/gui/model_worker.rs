@@ -8,10 +8,12 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use image::RgbImage;
 use sftok_core::checkpoint::{LoadedModel, load_model_dir};
+use sftok_core::generator::{LoadedGenerator, load_generator_dir};
 use sftok_core::image_io::{center_crop_resize, images_to_tensor};
 use sftok_core::reconstruct::{ReconstructOptions, generate, ids_tensor, reconstruct};
 use sftok_core::{ChosenDevice, DeviceChoice, choose_device};
 
+use super::generation_data::{GenerateRequest, GenerationData};
 use super::trace_data::TraceData;
 
 /// Which side of the app a model is loaded into (the compare view shows both).
@@ -52,11 +54,30 @@ pub struct TraceKey {
     pub latent_override: Option<Vec<i64>>,
 }
 
+/// What is known about the loaded generator, for the UI.
+#[derive(Debug, Clone)]
+pub struct GeneratorInfo {
+    pub dir: PathBuf,
+    /// A label per class ("animals", or "class 3" where the model has no names).
+    pub classes: Vec<String>,
+    pub codebook_size: usize,
+    pub image_seq_len: usize,
+    pub layers: usize,
+    pub default_guidance: f64,
+    pub default_temperature: f64,
+    pub default_steps: usize,
+}
+
 pub enum ModelCommand {
     Load {
         slot: Slot,
         dir: PathBuf,
     },
+    LoadGenerator {
+        dir: PathBuf,
+    },
+    /// Generate with the generator, decoded by the model in slot A.
+    Generate(GenerateRequest),
     Reconstruct {
         slot: Slot,
         key: TraceKey,
@@ -84,6 +105,13 @@ pub enum ModelEvent {
         key: TraceKey,
         message: String,
     },
+    GeneratorLoaded(GeneratorInfo),
+    GeneratorLoadFailed {
+        dir: PathBuf,
+        message: String,
+    },
+    Generated(Box<GenerationData>),
+    GenerateFailed(String),
     /// The device could not be set up; the worker runs nothing.
     DeviceFailed(String),
     DeviceReady(String),
@@ -136,8 +164,46 @@ fn worker_loop(
     };
     emit(ModelEvent::DeviceReady(chosen.description.clone()));
     let mut models: HashMap<Slot, LoadedModel> = HashMap::new();
+    let mut generator: Option<LoadedGenerator> = None;
     while let Ok(command) = commands.recv() {
         match command {
+            ModelCommand::LoadGenerator { dir } => {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    load_generator_dir(&dir, &chosen.device)
+                }));
+                match result {
+                    Ok(Ok(g)) => {
+                        emit(ModelEvent::GeneratorLoaded(generator_info(&g)));
+                        generator = Some(g);
+                    }
+                    Ok(Err(e)) => emit(ModelEvent::GeneratorLoadFailed {
+                        dir,
+                        message: e.to_string(),
+                    }),
+                    Err(_) => emit(ModelEvent::GeneratorLoadFailed {
+                        dir,
+                        message: "the generator could not be built (internal error)".into(),
+                    }),
+                }
+            }
+            ModelCommand::Generate(request) => {
+                let (Some(g), Some(tokenizer)) = (&generator, models.get(&Slot::A)) else {
+                    emit(ModelEvent::GenerateFailed(
+                        "load a generator, and the tokenizer it was trained on into A".into(),
+                    ));
+                    continue;
+                };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    GenerationData::build(tokenizer, g, &request)
+                }));
+                emit(match result {
+                    Ok(Ok(data)) => ModelEvent::Generated(Box::new(data)),
+                    Ok(Err(message)) => ModelEvent::GenerateFailed(message),
+                    Err(_) => {
+                        ModelEvent::GenerateFailed("the generation failed (internal error)".into())
+                    }
+                });
+            }
             ModelCommand::Load { slot, dir } => {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     load_model_dir(&dir, &chosen.device)
@@ -186,6 +252,22 @@ fn worker_loop(
                 }
             }
         }
+    }
+}
+
+pub fn generator_info(g: &LoadedGenerator) -> GeneratorInfo {
+    let c = &g.config;
+    GeneratorInfo {
+        dir: g.dir.clone(),
+        classes: (0..c.condition_num_classes)
+            .map(|i| c.class_label(i))
+            .collect(),
+        codebook_size: c.codebook_size,
+        image_seq_len: c.image_seq_len,
+        layers: c.num_hidden_layers,
+        default_guidance: c.sampling.guidance_scale,
+        default_temperature: c.sampling.randomize_temperature,
+        default_steps: c.sampling.num_steps,
     }
 }
 

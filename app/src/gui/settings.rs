@@ -11,6 +11,7 @@ pub enum View {
     #[default]
     Reconstruct,
     Compare,
+    Generate,
     Train,
 }
 
@@ -27,6 +28,37 @@ pub struct Settings {
     pub images: Vec<PathBuf>,
     pub show_heatmap: bool,
     pub train: TrainSettings,
+    /// The generator last used (absent: the bundled one).
+    pub generator: Option<PathBuf>,
+    pub generate: GenerateSettings,
+}
+
+/// The Generate view's form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateSettings {
+    /// `None`: unconditional.
+    pub class: Option<usize>,
+    pub count: usize,
+    pub guidance: f64,
+    pub temperature: f64,
+    pub seed: u64,
+    pub steps: usize,
+    pub decoder_steps: usize,
+}
+
+impl Default for GenerateSettings {
+    fn default() -> Self {
+        GenerateSettings {
+            class: Some(0),
+            count: 8,
+            guidance: 2.0,
+            temperature: 1.0,
+            seed: 0,
+            steps: 8,
+            decoder_steps: 8,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -40,6 +72,8 @@ impl Default for Settings {
             images: Vec::new(),
             show_heatmap: false,
             train: TrainSettings::default(),
+            generator: None,
+            generate: GenerateSettings::default(),
         }
     }
 }
