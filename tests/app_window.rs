@@ -181,6 +181,7 @@ fn the_app_window_shows_each_view() {
         for (view, ready) in [
             ("reconstruct", "first reconstruction ready"),
             ("compare", "first reconstruction ready"),
+            ("generate", "first generation ready"),
             ("train", "model B loaded"),
         ] {
             let name = format!("{view}{suffix}.png");

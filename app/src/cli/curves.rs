@@ -12,7 +12,8 @@ pub struct Args {
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Metrics to plot, one panel each (a metric's `_ema` twin is drawn dashed beside it).
-    /// Default: heldout_psnr, heldout_perplexity, heldout_proxy_accuracy where present, else loss.
+    /// Default: heldout_psnr, heldout_perplexity, heldout_proxy_accuracy (a generator run's:
+    /// heldout_loss, heldout_masked_accuracy) where present, else loss.
     #[arg(long = "metric")]
     pub metrics: Vec<String>,
     /// The PNG to write.
@@ -62,6 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "heldout_psnr",
             "heldout_perplexity",
             "heldout_proxy_accuracy",
+            // A generator run's.
+            "heldout_loss",
+            "heldout_masked_accuracy",
         ]
         .into_iter()
         .filter(|m| present(m))

@@ -239,7 +239,13 @@ impl StudioApp {
                     self.generation.load_error = Some(text.clone());
                     self.messages.push_error(text);
                 }
-                ModelEvent::Generated(data) => self.generation.show(*data),
+                ModelEvent::Generated(data) => {
+                    if self.generation.result.is_none() {
+                        // The window test waits for this line before its screenshot.
+                        eprintln!("sftok: first generation ready");
+                    }
+                    self.generation.show(*data);
+                }
                 ModelEvent::GenerateFailed(message) => {
                     self.generation.busy = false;
                     self.messages

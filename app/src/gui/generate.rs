@@ -39,6 +39,8 @@ pub struct GenerateState {
     /// 1..=T of the generator, then the decoder's 1..=T.
     pub generator_step: usize,
     pub decoder_step: usize,
+    /// Whether the view has generated once by itself (on first showing).
+    pub auto_generated: bool,
 }
 
 impl GenerateState {
@@ -97,6 +99,13 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     let Some(info) = app.generation.info.clone() else {
         return;
     };
+    // The first time the view has a generator and a tokenizer, it shows something at once.
+    if !app.generation.auto_generated && app.slot(Slot::A).info.is_some() {
+        app.generation.auto_generated = true;
+        if app.generation.result.is_none() && !app.generation.busy {
+            request_generation(app);
+        }
+    }
     form_ui(app, ui, &info);
     ui.separator();
     let Some(data) = app.generation.result.clone() else {

@@ -340,7 +340,7 @@ fn heldout_row(
     serde_json::json!({
         "step": step,
         "heldout_loss": loss, "heldout_masked_accuracy": acc,
-        "heldout_ema_loss": ema_loss, "heldout_ema_masked_accuracy": ema_acc,
+        "heldout_loss_ema": ema_loss, "heldout_masked_accuracy_ema": ema_acc,
         "heldout_frequency_baseline_accuracy": baseline,
         "heldout_chance_accuracy": 1.0 / config.model.codebook_size as f64,
     })
