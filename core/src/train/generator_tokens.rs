@@ -79,18 +79,33 @@ pub fn classes_of(folder: &ImageFolder) -> Result<(Vec<String>, Vec<Option<usize
     Ok((names, classes))
 }
 
+/// How the training images are cut into the views that are tokenized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Views {
+    /// The tokenizer's input size.
+    pub image_size: usize,
+    /// Random crops (with flips) per training image.
+    pub views: usize,
+    /// Shorter side resized to `image_size x U[1, max_scale]` before the crop.
+    pub max_scale: f32,
+    pub seed: u64,
+}
+
 /// Tokenizes `folder` (or reads the cache in `run_root`).
 pub fn prepare_tokens(
     run_root: &Path,
     folder: &ImageFolder,
     tokenizer: &Sftok,
-    image_size: usize,
-    views: usize,
-    max_scale: f32,
-    seed: u64,
+    plan: &Views,
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<GeneratorData> {
+    let Views {
+        image_size,
+        views,
+        max_scale,
+        seed,
+    } = *plan;
     let (class_names, classes) = classes_of(folder)?;
     let cache = run_root.join(TOKENS_FILE);
     if cache.is_file() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::ema::Ema;
 use super::events::{StopHandle, TrainEvent};
 use super::generator_step::{GeneratorDraws, generator_step};
-use super::generator_tokens::{GeneratorData, TokenSet, prepare_tokens};
+use super::generator_tokens::{GeneratorData, TokenSet, Views, prepare_tokens};
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coefficient, grad_norm};
 use super::run_dir::{ResumeState, RunDir};
 use crate::checkpoint::load_model_dir;
@@ -143,14 +143,17 @@ pub fn train_generator(
     // The tokenizer fixes the token layout; the data fixes the classes.
     let tokenizer = load_model_dir(&config.tokenizer, device)?;
     let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let views = Views {
+        image_size: tokenizer.config.image_size,
+        views: config.views,
+        max_scale: config.max_scale,
+        seed: config.seed,
+    };
     let data = prepare_tokens(
         &run.root,
         &folder,
         &tokenizer.model,
-        tokenizer.config.image_size,
-        config.views,
-        config.max_scale,
-        config.seed,
+        &views,
         device,
         &mut |done, total| {
             emit(TrainEvent::Metrics(serde_json::json!({
@@ -204,8 +207,7 @@ pub fn train_generator(
         total_steps: config.steps,
         resumed_from,
         device: format!(
-            "{} ({} training sequences, {} held out, {} classes)",
-            format!("{device:?}"),
+            "{device:?} ({} training sequences, {} held out, {} classes)",
             data.train.ids.len(),
             data.heldout.ids.len(),
             data.class_names.len()

@@ -135,10 +135,7 @@ fn settings_survive_serde_and_old_files() {
     assert_eq!(back, s);
     // A partial (older) settings file: the rest takes the defaults.
     let partial: TrainSettings = serde_json::from_str(r#"{"stage":"stage1","steps":5}"#).unwrap();
-    assert_eq!(
-        partial.stage,
-        crate::cli::train::TrainTarget::Stage(StageKind::Stage1)
-    );
+    assert_eq!(partial.stage, StageKind::Stage1);
     assert_eq!(partial.steps, 5);
     assert_eq!(partial.batch_size, 8);
     // Nonsense is repaired by the panel.
