@@ -290,4 +290,18 @@ fn the_official_generator_imports_and_generates() {
             .unwrap(),
     );
     assert!(e.contains("tokenizer's weights"), "{e}");
+    // Without its config the full-size preset is assumed: every mis-shaped key is listed.
+    let e = failed(
+        &sftok()
+            .args(["import-generator", "--weights"])
+            .arg(fixtures.join("generator/generator.safetensors"))
+            .arg("--out")
+            .arg(dir.join("misfit"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        e.contains("do not fit") && e.contains("model.encoder.layer.2.attention.self.query.weight [768, 768]"),
+        "{e}"
+    );
 }

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod generation_data;
 pub mod gpu_grid;
 pub mod model_worker;
+pub mod palette;
 pub mod scrub;
 pub mod settings;
 pub mod textures;

@@ -361,8 +361,8 @@ fn legend_ui(ui: &mut egui::Ui) {
 /// The models' colours in the PSNR plot: A blue, B orange (the teacher and the references are
 /// grey or dashed).
 const SERIES_COLOURS: [Color32; 2] = [
-    Color32::from_rgb(31, 119, 180),
-    Color32::from_rgb(255, 127, 14),
+    super::palette::CATEGORY[0],
+    super::palette::CATEGORY[1],
 ];
 
 /// PSNR against steps, one line per series, the current step marked.

@@ -36,18 +36,7 @@ pub fn metric_label(name: &str) -> String {
 /// A colour fixed by the metric's name (a hash into a palette that reads on dark and light
 /// backgrounds), so that a curve keeps its colour when others appear or disappear.
 pub fn metric_colour(name: &str) -> Color32 {
-    const PALETTE: [Color32; 10] = [
-        Color32::from_rgb(31, 119, 180),
-        Color32::from_rgb(255, 127, 14),
-        Color32::from_rgb(44, 160, 44),
-        Color32::from_rgb(214, 39, 40),
-        Color32::from_rgb(148, 103, 189),
-        Color32::from_rgb(140, 86, 75),
-        Color32::from_rgb(227, 119, 194),
-        Color32::from_rgb(127, 127, 127),
-        Color32::from_rgb(188, 189, 34),
-        Color32::from_rgb(23, 190, 207),
-    ];
+    const PALETTE: [Color32; 10] = crate::gui::palette::CATEGORY;
     if name == "loss" {
         return PALETTE[0];
     }
