@@ -301,7 +301,8 @@ fn the_official_generator_imports_and_generates() {
             .unwrap(),
     );
     assert!(
-        e.contains("do not fit") && e.contains("model.encoder.layer.2.attention.self.query.weight [768, 768]"),
+        e.contains("do not fit")
+            && e.contains("model.encoder.layer.2.attention.self.query.weight [768, 768]"),
         "{e}"
     );
 }

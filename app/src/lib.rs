@@ -1,4 +1,5 @@
 //! SFTok Studio: the `sftok` command line ([`cli`]) and the desktop app ([`gui`]).
 
+pub mod assets;
 pub mod cli;
 pub mod gui;

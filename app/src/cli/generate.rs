@@ -72,7 +72,7 @@ pub struct Args {
 
 /// The bundled demo generator.
 pub fn default_generator_dir() -> PathBuf {
-    super::assets_dir().join("models").join("generator")
+    crate::assets::generator_dir(&super::assets_dir())
 }
 
 fn check_number(flag: &str, value: Option<f64>, max: f64) -> anyhow::Result<()> {

@@ -4,16 +4,13 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use sftok_core::checkpoint::model_dir::carries_teacher;
+use sftok_core::DeviceChoice;
 use sftok_core::generator::GeneratorConfig;
 use sftok_core::train::config::PerceptualWeights;
 use sftok_core::train::generator_trainer::{GeneratorTrainConfig, train_generator};
-use sftok_core::train::masking::Stage2Inputs;
-use sftok_core::train::trainer::model_config_of;
+use sftok_core::train::plan::{RunPlan, TeacherCodebook};
 use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train_data_parallel};
-use sftok_core::{DeviceChoice, SftokConfig};
 
 /// What `sftok train` trains: a stage of the tokenizer, or the class-to-image generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,91 +178,63 @@ impl Args {
     }
 }
 
-pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
-    let TrainTarget::Stage(stage) = args.stage else {
-        anyhow::bail!(
-            "the generator is trained by `sftok train generator`, not as a tokenizer stage"
-        );
-    };
-    let model = match (&args.init, &args.teacher, stage) {
-        // A stage that starts from a run takes that run's model configuration (stage 1 and the
-        // teacher too: continuing a run, where --preset, default `tiny`, would name a model the
-        // weights do not fit; a demo teacher continued under the tiny preset's codebook size
-        // collapsed to 7 codes within 200 steps).
-        (Some(init), _, _) => model_config_of(init)
-            .with_context(|| format!("reading the configuration of --init {}", init.display()))?,
-        (_, Some(teacher), StageKind::Stage1) => {
-            let mut c = SftokConfig::preset(&args.preset)?;
-            // The teacher fixes the proxy-code vocabulary and grid.
-            let t = model_config_of(teacher).with_context(|| {
-                format!(
-                    "reading the configuration of --teacher {}",
-                    teacher.display()
-                )
-            })?;
-            c.vqgan = t.vqgan;
-            c
-        }
-        _ => SftokConfig::preset(&args.preset)?,
-    };
-    let mut config = TrainConfig::for_stage(stage, model, args.data.clone(), args.steps);
-    config.teacher = args.teacher.clone();
-    config.init = args.init.clone();
-    if config.teacher.is_none() {
-        // The --init run carries its teacher (stage 3 passes it on to its model when it has
-        // one, so that the result can still be measured against it).
-        config.teacher = match (stage, &args.init) {
-            (StageKind::Stage1 | StageKind::Stage2, init) => init.clone(),
-            (StageKind::Stage3, Some(init)) if carries_teacher(init) => Some(init.clone()),
-            _ => None,
+impl Args {
+    /// The run these flags ask for (a tokenizer stage; the generator has its own).
+    pub fn plan(&self) -> anyhow::Result<RunPlan> {
+        let TrainTarget::Stage(stage) = self.stage else {
+            anyhow::bail!(
+                "the generator is trained by `sftok train generator`, not as a tokenizer stage"
+            );
         };
+        Ok(RunPlan {
+            stage,
+            data: self.data.clone(),
+            preset: self.preset.clone(),
+            teacher: self.teacher.clone(),
+            init: self.init.clone(),
+            vanilla: self.vanilla,
+            replace_prob: self.replace_prob,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup: self.warmup,
+            seed: self.seed,
+            max_scale: self.max_scale,
+            gan_start: if self.no_gan {
+                Some(None)
+            } else {
+                self.gan_start.map(Some)
+            },
+            perceptual: match (&self.vgg16, &self.lpips) {
+                (Some(vgg16), Some(lpips)) => Some(PerceptualWeights {
+                    vgg16: vgg16.clone(),
+                    lpips: lpips.clone(),
+                }),
+                _ => None,
+            },
+            eval_data: self.eval_data.clone(),
+            eval_every: self.eval_every,
+            codebook: if self.codebook == "gradient" {
+                TeacherCodebook::Gradient
+            } else {
+                TeacherCodebook::MovingAverage
+            },
+            dead_code_window: self.dead_code_window,
+            soft_embedding_weight: self.soft_embedding_weight,
+            train_encoder: self.train_encoder,
+            log_every: self.log_every,
+            preview_every: self.preview_every,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            workers: self.workers,
+        })
     }
-    config.stage2_inputs = if args.vanilla {
-        Stage2Inputs::Vanilla
-    } else {
-        Stage2Inputs::SelfForcing {
-            replace_prob: args.replace_prob,
-        }
-    };
-    config.batch_size = args.batch_size;
-    config.grad_accum = args.grad_accum;
-    if let Some(lr) = args.lr {
-        config.end_lr = lr / 10.0;
-        config.lr = lr;
-    }
-    if let Some(w) = args.warmup {
-        config.warmup_steps = w;
-    }
-    config.seed = args.seed;
-    config.max_scale = args.max_scale;
-    if args.no_gan {
-        config.gan.start_step = u64::MAX;
-    } else if let Some(s) = args.gan_start {
-        config.gan.start_step = s;
-    }
-    if let (Some(vgg16), Some(lpips)) = (&args.vgg16, &args.lpips) {
-        config.perceptual = Some(PerceptualWeights {
-            vgg16: vgg16.clone(),
-            lpips: lpips.clone(),
-        });
-        config.perceptual_status = "on".into();
-    }
-    config.eval_data = args.eval_data.clone();
-    config.eval_every = args.eval_every;
-    if args.codebook == "gradient" {
-        config.codebook_ema_decay = None;
-    }
-    config.dead_code_window = args.dead_code_window;
-    config.stage3_train_encoder = args.train_encoder;
-    if let Some(w) = args.soft_embedding_weight {
-        config.soft_embedding_weight = w;
-    }
-    config.log_every = args.log_every;
-    config.preview_every = args.preview_every;
-    config.checkpoint_every = args.checkpoint_every;
-    config.keep_checkpoints = args.keep_checkpoints;
-    config.workers = args.workers;
-    Ok(config)
+}
+
+/// The run configuration of a tokenizer stage ([`RunPlan::config`], which the app calls too).
+pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
+    Ok(args.plan()?.config()?)
 }
 
 /// `sftok train generator`: the run's configuration from the flags.

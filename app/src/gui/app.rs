@@ -80,7 +80,7 @@ impl StudioApp {
             }
             None => false,
         };
-        let mut app = Self::with_settings(&cc.egui_ctx, settings, crate::cli::assets_dir());
+        let mut app = Self::with_settings(&cc.egui_ctx, settings, crate::assets::assets_dir());
         app.gpu_grid = gpu_grid;
         app
     }

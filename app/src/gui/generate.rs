@@ -55,11 +55,6 @@ impl GenerateState {
     }
 }
 
-/// The bundled demo generator.
-pub fn bundled_generator(assets: &std::path::Path) -> PathBuf {
-    assets.join("models").join("generator")
-}
-
 pub fn load_generator(app: &mut StudioApp, dir: PathBuf) {
     app.generation.loading = Some(dir.clone());
     app.generation.load_error = None;
@@ -92,7 +87,7 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
             .generator
             .clone()
             .filter(|d| d.is_dir())
-            .unwrap_or_else(|| bundled_generator(app.assets()));
+            .unwrap_or_else(|| crate::assets::generator_dir(app.assets()));
         load_generator(app, dir);
     }
     generator_line_ui(app, ui);

@@ -360,10 +360,7 @@ fn legend_ui(ui: &mut egui::Ui) {
 
 /// The models' colours in the PSNR plot: A blue, B orange (the teacher and the references are
 /// grey or dashed).
-const SERIES_COLOURS: [Color32; 2] = [
-    super::palette::CATEGORY[0],
-    super::palette::CATEGORY[1],
-];
+const SERIES_COLOURS: [Color32; 2] = [super::palette::CATEGORY[0], super::palette::CATEGORY[1]];
 
 /// PSNR against steps, one line per series, the current step marked.
 pub fn psnr_plot_ui(

@@ -4,7 +4,7 @@
 //! fine-tune a model on the gallery's images with one click.
 //!
 //! The pieces without UI live in submodules: [`setup`] builds run configurations (through the
-//! CLI's own `config_from_args`), [`tail`] reads a growing `metrics.jsonl`, [`worker`] is the
+//! same `RunPlan` as the command line), [`tail`] reads a growing `metrics.jsonl`, [`worker`] is the
 //! training thread.
 
 mod labels;
@@ -409,7 +409,7 @@ impl TrainingPanel {
                 .clone()
                 .unwrap_or_else(|| default_run_dir(&self.settings));
             check_new_run_dir(&run_dir)?;
-            let config = config_from_settings(&self.settings, &run_dir)?;
+            let config = config_from_settings(&self.settings)?;
             (run_dir, config)
         };
         self.launch(config, run_dir.clone(), resume, JobKind::Train, ctx)?;
@@ -682,7 +682,7 @@ impl TrainingPanel {
         self.settings
             .finetune_base
             .clone()
-            .unwrap_or_else(crate::cli::default_model_dir)
+            .unwrap_or_else(crate::assets::default_model_dir)
     }
 
     // ---- drawing ----

@@ -12,6 +12,7 @@ pub mod heldout;
 pub mod masking;
 pub mod optim;
 pub mod pixel_step;
+pub mod plan;
 pub mod run_dir;
 pub mod teacher_step;
 pub mod token_step;

@@ -1,6 +1,6 @@
-//! Turning the Train view's settings into a run configuration (through the CLI's own
-//! [`config_from_args`], so both build runs the same way), checking the folders first with
-//! messages that say what to do, and preparing one-click fine-tunes.
+//! Turning the Train view's settings into a run configuration (a [`RunPlan`], which the command
+//! line fills too, so both build runs the same way), checking the folders first with messages
+//! that say what to do, and preparing one-click fine-tunes.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use sftok_core::train::run_dir::RunDir;
 use sftok_core::train::{StageKind, TrainConfig};
 
 use super::TrainSettings;
-use crate::cli::train::{Args, config_from_args};
+use sftok_core::train::plan::RunPlan;
 
 /// Length of the one-click fine-tune.
 pub const FINETUNE_STEPS: u64 = 50;
@@ -89,7 +89,7 @@ fn check_init(path: &Path, stage: StageKind) -> Result<(), String> {
 }
 
 /// The configuration of a new run from the view's settings, after checking the folders.
-pub fn config_from_settings(s: &TrainSettings, run_dir: &Path) -> Result<TrainConfig, String> {
+pub fn config_from_settings(s: &TrainSettings) -> Result<TrainConfig, String> {
     let data = s
         .data
         .as_deref()
@@ -138,23 +138,20 @@ pub fn config_from_settings(s: &TrainSettings, run_dir: &Path) -> Result<TrainCo
         }
         _ => {}
     }
-    let mut args = Args::with_defaults(s.stage, data, run_dir).map_err(|e| format!("{e:#}"))?;
-    args.preset = s.preset.clone();
-    args.teacher = s.teacher.clone();
-    args.init = s.init.clone();
-    args.vanilla = s.vanilla;
-    args.replace_prob = s.replace_prob;
-    args.steps = s.steps.max(1);
-    args.batch_size = s.batch_size.max(1);
-    args.log_every = s.log_every.max(1);
-    args.preview_every = s.preview_every;
-    args.checkpoint_every = s.checkpoint_every.max(1);
-    args.no_gan = s.no_gan;
-    if !s.no_gan && args.gan_start.is_none() {
-        // Ticked: on from half-way, for the teacher too (whose CLI default is off).
-        args.gan_start = Some(args.steps / 2);
-    }
-    config_from_args(&args).map_err(|e| gui_words(&format!("{e:#}")))
+    let mut plan = RunPlan::new(s.stage, data);
+    plan.preset = s.preset.clone();
+    plan.teacher = s.teacher.clone();
+    plan.init = s.init.clone();
+    plan.vanilla = s.vanilla;
+    plan.replace_prob = s.replace_prob;
+    plan.steps = s.steps.max(1);
+    plan.batch_size = s.batch_size.max(1);
+    plan.log_every = s.log_every.max(1);
+    plan.preview_every = s.preview_every;
+    plan.checkpoint_every = s.checkpoint_every.max(1);
+    // Ticked: on from half-way, for the teacher too (whose command-line default is off).
+    plan.gan_start = Some((!s.no_gan).then_some(plan.steps / 2));
+    plan.config().map_err(|e| gui_words(&e.to_string()))
 }
 
 /// The configuration to resume the run in `run_dir` with: its own, at least `steps` long (the
@@ -336,20 +333,19 @@ pub fn finetune_config(
     steps: u64,
 ) -> Result<TrainConfig, String> {
     let data = run_dir.join("data");
-    let mut args =
-        Args::with_defaults(StageKind::Stage3, &data, run_dir).map_err(|e| format!("{e:#}"))?;
-    args.init = Some(base.to_path_buf());
+    let mut plan = RunPlan::new(StageKind::Stage3, &data);
+    plan.init = Some(base.to_path_buf());
     // The teacher only travels along, so that the tuned model folder is complete.
-    args.teacher = has_teacher(base).then(|| base.to_path_buf());
-    args.steps = steps.max(1);
-    args.batch_size = images.clamp(1, 8);
-    args.warmup = Some((steps / 10).clamp(1, 5));
-    args.no_gan = true;
-    args.log_every = 1;
-    args.preview_every = (steps / 5).max(1);
-    args.checkpoint_every = steps.max(1);
-    args.keep_checkpoints = 1;
-    config_from_args(&args).map_err(|e| gui_words(&format!("{e:#}")))
+    plan.teacher = has_teacher(base).then(|| base.to_path_buf());
+    plan.steps = steps.max(1);
+    plan.batch_size = images.clamp(1, 8);
+    plan.warmup = Some((steps / 10).clamp(1, 5));
+    plan.gan_start = Some(None);
+    plan.log_every = 1;
+    plan.preview_every = (steps / 5).max(1);
+    plan.checkpoint_every = steps.max(1);
+    plan.keep_checkpoints = 1;
+    plan.config().map_err(|e| gui_words(&e.to_string()))
 }
 
 /// The UTC time as `YYYYMMDD-HHMMSS`.

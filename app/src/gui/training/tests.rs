@@ -111,6 +111,19 @@ fn default_settings_are_the_command_lines() {
     assert_eq!(config_from_args(&args).unwrap().gan.start_step, u64::MAX);
     assert_eq!(args.data, Path::new("d"));
     assert_eq!(args.out, Path::new("o"));
+    // The run the app plans from nothing is the command line's with no flags.
+    for stage in [
+        StageKind::Teacher,
+        StageKind::Stage1,
+        StageKind::Stage2,
+        StageKind::Stage3,
+    ] {
+        let args = Args::with_defaults(stage, Path::new("d"), Path::new("o")).unwrap();
+        assert_eq!(
+            args.plan().unwrap(),
+            sftok_core::train::plan::RunPlan::new(stage, Path::new("d"))
+        );
+    }
     // A path that looks like a flag is still a path.
     let args = Args::with_defaults(StageKind::Stage3, Path::new("-x"), Path::new("--y")).unwrap();
     assert_eq!(args.data, Path::new("-x"));
@@ -156,7 +169,6 @@ fn settings_survive_serde_and_old_files() {
 #[test]
 fn configurations_from_settings() {
     let data = data_folder("config", 3);
-    let run = temp_dir("config-run");
     let base = PathBuf::from(DEFAULT_MODEL);
     let base_config = SftokConfig::from_file(&base.join("config.json")).unwrap();
 
@@ -167,18 +179,18 @@ fn configurations_from_settings() {
         batch_size: 3,
         ..TrainSettings::default()
     };
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("data folder"), "{e}");
     s.data = Some(data.join("missing"));
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
     s.data = Some(data.clone());
     // A batch larger than the folder is refused before anything starts.
     s.batch_size = 8;
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("lower Batch size to 3"), "{e}");
     s.batch_size = 3;
-    let c = config_from_settings(&s, &run).unwrap();
+    let c = config_from_settings(&s).unwrap();
     assert_eq!(c.stage, StageKind::Teacher);
     assert_eq!(c.model, SftokConfig::demo());
     assert_eq!(
@@ -187,19 +199,19 @@ fn configurations_from_settings() {
     );
     assert_eq!(c.gan.start_step, u64::MAX, "the GAN is off unless ticked");
     s.no_gan = false;
-    assert_eq!(config_from_settings(&s, &run).unwrap().gan.start_step, 20);
+    assert_eq!(config_from_settings(&s).unwrap().gan.start_step, 20);
     s.no_gan = true;
 
     // Stage 1 needs a teacher, and takes its code grid.
     s.stage = StageKind::Stage1;
     s.preset = "tiny".into();
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("Teacher"), "{e}");
     s.teacher = Some(data.clone());
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("holds no teacher"), "{e}");
     s.teacher = Some(base.clone());
-    let c = config_from_settings(&s, &run).unwrap();
+    let c = config_from_settings(&s).unwrap();
     assert_eq!(c.model.vqgan, base_config.vqgan);
     assert_eq!(c.model.encoder, SftokConfig::tiny().encoder);
     assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
@@ -207,14 +219,14 @@ fn configurations_from_settings() {
     // Stage 2 starts from a checkpoint that carries its teacher; vanilla or SFVR.
     s.stage = StageKind::Stage2;
     s.teacher = None;
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("Starting checkpoint"), "{e}");
     s.init = Some(data.clone());
-    let e = config_from_settings(&s, &run).unwrap_err();
+    let e = config_from_settings(&s).unwrap_err();
     assert!(e.contains("Starting checkpoint"), "{e}");
     s.init = Some(base.clone());
     s.replace_prob = 0.5;
-    let c = config_from_settings(&s, &run).unwrap();
+    let c = config_from_settings(&s).unwrap();
     assert_eq!(c.model, base_config);
     assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
     assert_eq!(
@@ -222,12 +234,12 @@ fn configurations_from_settings() {
         Stage2Inputs::SelfForcing { replace_prob: 0.5 }
     );
     s.vanilla = true;
-    let c = config_from_settings(&s, &run).unwrap();
+    let c = config_from_settings(&s).unwrap();
     assert_eq!(c.stage2_inputs, Stage2Inputs::Vanilla);
 
     // Stage 3.
     s.stage = StageKind::Stage3;
-    let c = config_from_settings(&s, &run).unwrap();
+    let c = config_from_settings(&s).unwrap();
     assert_eq!(c.stage, StageKind::Stage3);
     assert_eq!(c.init.as_deref(), Some(base.as_path()));
     assert_eq!(c.model, base_config);
@@ -540,7 +552,7 @@ fn a_fine_tune_opens_beside_its_base() {
 
 /// Writes the run configuration these settings give into `run/config.json`, as a run's start does.
 fn write_run_config(run: &Path, settings: &TrainSettings) -> TrainConfig {
-    let config = config_from_settings(settings, run).unwrap();
+    let config = config_from_settings(settings).unwrap();
     std::fs::write(
         run.join("config.json"),
         serde_json::to_string_pretty(&config).unwrap(),
