@@ -473,3 +473,56 @@ fn data_parallel_across_gpu_and_cpu_matches_one_device() {
     eprintln!("data parallel over {} and the CPU", gpu.description);
     check_data_parallel("dp-x", &[gpu.device, Device::flex()], 1e-2);
 }
+
+/// The adversarial loss: from its start step the discriminator is updated (its loss is logged)
+/// and checkpointed, and a run resumed after that step continues as the uninterrupted one did.
+#[test]
+fn the_discriminator_trains_from_its_start_step_and_resumes_exactly() {
+    let data = image_folder("gan-data", 8);
+    let config = |steps| {
+        let mut c = tiny_config(StageKind::Teacher, &data, steps);
+        c.gan.start_step = 1;
+        c.checkpoint_every = 2;
+        c
+    };
+    let whole = temp_dir("gan-whole");
+    let (result, events) = run(config(4), &whole, false);
+    result.expect("the run");
+    let rows: Vec<&serde_json::Value> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Metrics(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        rows[0].get("disc_loss").is_none(),
+        "step 1 is before the start"
+    );
+    for row in &rows[1..] {
+        let d = row["disc_loss"].as_f64().expect("a discriminator loss");
+        assert!(d.is_finite() && d > 0.0, "{row}");
+    }
+    let (_, ckpt) = RunDir::new(&whole).latest_checkpoint().unwrap();
+    assert!(ckpt.join("disc.safetensors").is_file());
+
+    let parts = temp_dir("gan-parts");
+    run(config(2), &parts, false).0.expect("the first part");
+    let (result, events) = run(config(4), &parts, true);
+    result.expect("the resumed part");
+    let resumed = losses(&events);
+    let uninterrupted = losses(
+        &rows
+            .iter()
+            .map(|r| TrainEvent::Metrics((*r).clone()))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(resumed.len(), 2);
+    for ((s1, l1), (s2, l2)) in resumed.iter().zip(&uninterrupted[2..]) {
+        assert_eq!(s1, s2);
+        assert!(
+            (l1 - l2).abs() <= 1e-5 * l2.abs().max(1.0),
+            "step {s1}: {l1} vs {l2}"
+        );
+    }
+}

@@ -310,6 +310,13 @@ fn train_inner(
         .map(|d| lpips.clone().map(|l| l.to_device(&d.clone().autodiff())))
         .collect();
 
+    let replicas_run = Replicas {
+        devices: &extra_devices,
+        teachers: &teachers,
+        lpipses: &lpipses,
+        teacher: teacher.as_ref(),
+        lpips: lpips.as_ref(),
+    };
     let schedule = LrSchedule {
         peak: config.lr,
         end: config.end_lr,
@@ -358,74 +365,18 @@ fn train_inner(
                 wants_latents,
                 main: ad.clone(),
             };
-            let discs: Vec<Option<PatchDiscriminator>> = extra_devices
-                .iter()
-                .map(|d| {
-                    progress
-                        .disc
-                        .as_ref()
-                        .filter(|_| gan_on)
-                        .map(|(disc, _)| disc.clone().fork(&d.clone().autodiff()))
-                })
-                .collect();
-            let replicas: Vec<Trainee> = extra_devices
-                .iter()
-                .map(|d| trainee.fork(&d.clone().autodiff()))
-                .collect();
             let shards = split_batch(batch.batch_size, devices.len());
             let total = batch.batch_size as f64;
             let main_disc = progress.disc.as_ref().map(|(d, _)| d);
-            let outputs: Vec<Result<ShardOutput>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = shards[1..]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &(start, len))| {
-                        let device = extra_devices[i].clone();
-                        let (model, teacher, lpips, disc) =
-                            (&replicas[i], &teachers[i], &lpipses[i], &discs[i]);
-                        let pixels = &batch;
-                        let draw = draw.as_ref().map(|d| d.slice(start, len));
-                        let context = &context;
-                        scope.spawn(move || {
-                            let x = shard_tensor(pixels, start, len, &device.clone().autodiff());
-                            on_compute_pool(&device, || {
-                                run_shard(
-                                    context,
-                                    model,
-                                    teacher.as_ref(),
-                                    lpips.as_ref(),
-                                    disc.as_ref(),
-                                    x,
-                                    draw.as_ref(),
-                                    len as f64 / total,
-                                )
-                            })
-                        })
-                    })
-                    .collect();
-                let (start, len) = shards[0];
-                let first = on_compute_pool(&ad, || {
-                    run_shard(
-                        &context,
-                        &trainee,
-                        teacher.as_ref(),
-                        lpips.as_ref(),
-                        main_disc,
-                        shard_tensor(&batch, start, len, &ad),
-                        draw.as_ref().map(|d| d.slice(start, len)).as_ref(),
-                        len as f64 / total,
-                    )
-                });
-                std::iter::once(first)
-                    .chain(handles.into_iter().map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(SftokError::Other(
-                                "a training thread of another device failed".into(),
-                            ))
-                        })
-                    }))
-                    .collect()
-            });
+            let outputs = replicas_run.run(
+                &context,
+                &trainee,
+                main_disc.filter(|_| gan_on),
+                main_disc,
+                &batch,
+                draw.as_ref(),
+                &shards,
+            );
             let mut codes: Vec<i64> = Vec::new();
             let mut accuracy = 0.0;
             let mut latents: Option<Vec<f32>> = None;
@@ -520,50 +471,18 @@ fn train_inner(
         // The teacher's codebook: moving average, and the guard against codebook collapse. Both
         // change the live weights, so they come before the weights' EMA sees them.
         if let Trainee::Teacher(m) = trainee {
-            let dim = config.model.vqgan.z_channels;
-            let dead = restart_latents
-                .as_ref()
-                .map(|_| progress.usage.dead(step, config.dead_code_window));
-            if let Some(dead) = &dead {
-                extra.insert("restarted_codes".into(), json!(dead.len()));
+            let (m, restarted) = update_teacher_codebook(
+                m,
+                &config,
+                step,
+                &mut progress,
+                &assigned,
+                restart_latents.as_deref(),
+                &mut rng,
+            );
+            if let Some(n) = restarted {
+                extra.insert("restarted_codes".into(), json!(n));
             }
-            let m = match (config.codebook_ema_decay, progress.codebook.as_mut()) {
-                (Some(decay), None) => {
-                    // First step of a run: codes at k-means centres of this batch's encoder
-                    // outputs (a fresh teacher), or at the current codes (one that starts from
-                    // trained weights, whose codebook must not be thrown away).
-                    let v = config.model.vqgan.num_embeddings;
-                    let ema = match (&config.init, assigned.last()) {
-                        (None, Some((_, latents))) => {
-                            CodebookEma::from_latents(latents, dim, v, decay, &mut rng)
-                        }
-                        _ => CodebookEma {
-                            decay,
-                            dim,
-                            counts: vec![1.0; v],
-                            sums: codebook_values(&m).iter().map(|&x| x as f64).collect(),
-                        },
-                    };
-                    let values = ema.vectors();
-                    progress.codebook = Some(ema);
-                    set_codebook(m, values)
-                }
-                (Some(_), Some(ema)) => {
-                    for (codes, latents) in &assigned {
-                        ema.update(codes, latents);
-                    }
-                    if let (Some(dead), Some(latents)) = (&dead, &restart_latents) {
-                        ema.restart(dead, latents, &mut rng);
-                    }
-                    set_codebook(m, ema.vectors())
-                }
-                (None, _) => match (&dead, &restart_latents) {
-                    (Some(dead), Some(latents)) => {
-                        restart_dead_codes(m, dead, latents, dim, &mut rng)
-                    }
-                    _ => m,
-                },
-            };
             trainee = Trainee::Teacher(m);
         }
         on_compute_pool(&ad, || match &trainee {
@@ -576,26 +495,7 @@ fn train_inner(
         if gan_on && let Some((disc, disc_optim)) = progress.disc.take() {
             let lecam = &mut progress.lecam;
             let (disc, disc_optim, d_total) = on_compute_pool(&ad, || {
-                let mut d_total = 0.0;
-                let mut disc = disc;
-                let mut disc_optim = disc_optim;
-                for (real, fake) in fakes_for_disc.drain(..) {
-                    let logits_real = disc.forward(real.detach());
-                    let logits_fake = disc.forward(fake.detach());
-                    let lecam = lecam.loss(logits_real.clone(), logits_fake.clone());
-                    let d_loss = hinge_d_loss(logits_real, logits_fake)
-                        + lecam.mul_scalar(config.gan.lecam_weight);
-                    d_total += scalar(&d_loss);
-                    let mut g = GradientsParams::from_grads(d_loss.backward(), &disc);
-                    let n = grad_norm(&disc, &g);
-                    disc = disc_optim.step(
-                        disc,
-                        &mut g,
-                        config.gan.lr,
-                        clip_coefficient(n, config.grad_clip),
-                    );
-                }
-                (disc, disc_optim, d_total)
+                update_discriminator(disc, disc_optim, lecam, &mut fakes_for_disc, &config)
             });
             accumulate(&mut terms, "disc_loss", d_total);
             progress.disc = Some((disc, disc_optim));
@@ -642,17 +542,8 @@ fn train_inner(
         let eval_now = config.eval_every > 0
             && (step.is_multiple_of(config.eval_every) || step == config.steps);
         if let (Some(held), true) = (&heldout, eval_now) {
-            let entries = on_compute_pool(device, || match &trainee {
-                Trainee::Teacher(m) => {
-                    teacher_entries(held, m, &progress.ema.apply_to(m.clone()), device)
-                }
-                Trainee::Tokenizer(m) => tokenizer_entries(
-                    held,
-                    m,
-                    &progress.ema.apply_to(m.clone()),
-                    teacher.as_ref(),
-                    device,
-                ),
+            let entries = on_compute_pool(device, || {
+                heldout_entries(held, &trainee, &progress.ema, teacher.as_ref(), device)
             });
             for (name, value) in entries {
                 extra.insert(name, json!(value));
@@ -712,6 +603,194 @@ fn train_inner(
         model_dir,
         stopped,
     })
+}
+
+/// The teacher's codebook after an optimiser step: the moving average of what each code
+/// quantized (started at k-means centres of the first batch's encoder outputs, or at the current
+/// codes of a teacher that starts from trained weights), or the gradient-learnt codebook; codes
+/// unused for `dead_code_window` steps restart at encoder outputs. Returns the teacher and how
+/// many codes were restarted (on restart steps).
+fn update_teacher_codebook(
+    m: Vqgan,
+    config: &TrainConfig,
+    step: u64,
+    progress: &mut Progress,
+    assigned: &[(Vec<i64>, Vec<f32>)],
+    restart_latents: Option<&[f32]>,
+    rng: &mut StdRng,
+) -> (Vqgan, Option<usize>) {
+    let dim = config.model.vqgan.z_channels;
+    let dead = restart_latents.map(|_| progress.usage.dead(step, config.dead_code_window));
+    let restarted = dead.as_ref().map(Vec::len);
+    let m = match (config.codebook_ema_decay, progress.codebook.as_mut()) {
+        (Some(decay), None) => {
+            let v = config.model.vqgan.num_embeddings;
+            let ema = match (&config.init, assigned.last()) {
+                (None, Some((_, latents))) => {
+                    CodebookEma::from_latents(latents, dim, v, decay, rng)
+                }
+                _ => CodebookEma {
+                    decay,
+                    dim,
+                    counts: vec![1.0; v],
+                    sums: codebook_values(&m).iter().map(|&x| x as f64).collect(),
+                },
+            };
+            let values = ema.vectors();
+            progress.codebook = Some(ema);
+            set_codebook(m, values)
+        }
+        (Some(_), Some(ema)) => {
+            for (codes, latents) in assigned {
+                ema.update(codes, latents);
+            }
+            if let (Some(dead), Some(latents)) = (&dead, restart_latents) {
+                ema.restart(dead, latents, rng);
+            }
+            set_codebook(m, ema.vectors())
+        }
+        (None, _) => match (&dead, restart_latents) {
+            (Some(dead), Some(latents)) => restart_dead_codes(m, dead, latents, dim, rng),
+            _ => m,
+        },
+    };
+    (m, restarted)
+}
+
+/// The PatchGAN discriminator's own update, once per micro-batch's (real, fake) pair: hinge loss
+/// plus the LeCam regulariser, clipped, AdamW. Returns the summed discriminator loss.
+fn update_discriminator(
+    mut disc: PatchDiscriminator,
+    mut optim: AdamW,
+    lecam: &mut LeCam,
+    pairs: &mut Vec<(Tensor<4>, Tensor<4>)>,
+    config: &TrainConfig,
+) -> (PatchDiscriminator, AdamW, f64) {
+    let mut total = 0.0;
+    for (real, fake) in pairs.drain(..) {
+        let logits_real = disc.forward(real.detach());
+        let logits_fake = disc.forward(fake.detach());
+        let regulariser = lecam.loss(logits_real.clone(), logits_fake.clone());
+        let d_loss = hinge_d_loss(logits_real, logits_fake)
+            + regulariser.mul_scalar(config.gan.lecam_weight);
+        total += scalar(&d_loss);
+        let mut g = GradientsParams::from_grads(d_loss.backward(), &disc);
+        let n = grad_norm(&disc, &g);
+        disc = optim.step(
+            disc,
+            &mut g,
+            config.gan.lr,
+            clip_coefficient(n, config.grad_clip),
+        );
+    }
+    (disc, optim, total)
+}
+
+/// The held-out measurements of the live and the EMA weights.
+fn heldout_entries(
+    held: &HeldOut,
+    trainee: &Trainee,
+    ema: &Ema,
+    teacher: Option<&Vqgan>,
+    device: &Device,
+) -> Vec<(String, f64)> {
+    match trainee {
+        Trainee::Teacher(m) => teacher_entries(held, m, &ema.apply_to(m.clone()), device),
+        Trainee::Tokenizer(m) => {
+            tokenizer_entries(held, m, &ema.apply_to(m.clone()), teacher, device)
+        }
+    }
+}
+
+/// Data parallelism: the other devices' frozen helpers, and one micro-batch run over every
+/// device, each shard's forward and backward pass on its own copy of the model in its own thread.
+struct Replicas<'a> {
+    /// The devices after the first (the first holds the model, optimiser and checkpoints).
+    devices: &'a [Device],
+    teachers: &'a [Option<Vqgan>],
+    lpipses: &'a [Option<Lpips>],
+    /// The first device's frozen helpers.
+    teacher: Option<&'a Vqgan>,
+    lpips: Option<&'a Lpips>,
+}
+
+impl Replicas<'_> {
+    /// Runs shard `i` of `batch` (`shards[i]`, `(start, len)`) on device `i` (0: the main one,
+    /// `context.main`); `forked_disc` is what the other devices copy the discriminator from
+    /// (when the adversarial loss is on), `main_disc` the first device's own.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        context: &ShardContext<'_>,
+        trainee: &Trainee,
+        forked_disc: Option<&PatchDiscriminator>,
+        main_disc: Option<&PatchDiscriminator>,
+        batch: &Batch,
+        draw: Option<&MaskDraw>,
+        shards: &[(usize, usize)],
+    ) -> Vec<Result<ShardOutput>> {
+        let ad = &context.main;
+        let total = batch.batch_size as f64;
+        let discs: Vec<Option<PatchDiscriminator>> = self
+            .devices
+            .iter()
+            .map(|d| forked_disc.map(|disc| disc.clone().fork(&d.clone().autodiff())))
+            .collect();
+        let replicas: Vec<Trainee> = self
+            .devices
+            .iter()
+            .map(|d| trainee.fork(&d.clone().autodiff()))
+            .collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shards[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, &(start, len))| {
+                    let device = self.devices[i].clone();
+                    let (model, teacher, lpips, disc) =
+                        (&replicas[i], &self.teachers[i], &self.lpipses[i], &discs[i]);
+                    let draw = draw.map(|d| d.slice(start, len));
+                    scope.spawn(move || {
+                        let x = shard_tensor(batch, start, len, &device.clone().autodiff());
+                        on_compute_pool(&device, || {
+                            run_shard(
+                                context,
+                                model,
+                                teacher.as_ref(),
+                                lpips.as_ref(),
+                                disc.as_ref(),
+                                x,
+                                draw.as_ref(),
+                                len as f64 / total,
+                            )
+                        })
+                    })
+                })
+                .collect();
+            let (start, len) = shards[0];
+            let first = on_compute_pool(ad, || {
+                run_shard(
+                    context,
+                    trainee,
+                    self.teacher,
+                    self.lpips,
+                    main_disc,
+                    shard_tensor(batch, start, len, ad),
+                    draw.map(|d| d.slice(start, len)).as_ref(),
+                    len as f64 / total,
+                )
+            });
+            std::iter::once(first)
+                .chain(handles.into_iter().map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(SftokError::Other(
+                            "a training thread of another device failed".into(),
+                        ))
+                    })
+                }))
+                .collect()
+        })
+    }
 }
 
 impl Trainee {
