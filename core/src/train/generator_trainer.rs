@@ -21,7 +21,7 @@ use super::events::{StopHandle, TrainEvent};
 use super::generator_step::{GeneratorDraws, generator_step};
 use super::generator_tokens::{GeneratorData, TokenSet, Views, prepare_tokens};
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coefficient, grad_norm};
-use super::run_dir::{ResumeState, RunDir};
+use super::run_dir::{OpenedRun, ResumeState, RunDir};
 use crate::checkpoint::load_model_dir;
 use crate::checkpoint::state::{load_state_dict, state_dict};
 use crate::data::ImageFolder;
@@ -108,7 +108,7 @@ pub struct GeneratorOutcome {
 
 /// Trains (or, with `resume`, continues) a generator in `run_dir`.
 pub fn train_generator(
-    mut config: GeneratorTrainConfig,
+    config: GeneratorTrainConfig,
     run_dir: &Path,
     resume: bool,
     device: &burn::tensor::Device,
@@ -116,27 +116,17 @@ pub fn train_generator(
     stop: &StopHandle,
 ) -> Result<GeneratorOutcome> {
     let run = RunDir::new(run_dir);
-    let _lock = run.lock()?;
-    let latest = run.latest_checkpoint();
-    if resume {
-        let saved = std::fs::read_to_string(run.config_path())
-            .map_err(|e| SftokError::io(run.config_path(), e))?;
-        let saved: GeneratorTrainConfig =
-            serde_json::from_str(&saved).map_err(|e| SftokError::Config {
-                path: run.config_path(),
-                message: format!("not a generator run's configuration ({e})"),
-            })?;
-        config = GeneratorTrainConfig {
-            steps: config.steps.max(saved.steps),
+    // One writer per run folder; a resumed run keeps its configuration, only its length may grow.
+    let OpenedRun {
+        lock: _lock,
+        mut config,
+        latest,
+    } = run.open(config, resume, |saved: GeneratorTrainConfig, asked| {
+        GeneratorTrainConfig {
+            steps: asked.steps.max(saved.steps),
             ..saved
-        };
-    } else if latest.is_some() {
-        return Err(SftokError::Other(format!(
-            "{} already holds a run with checkpoints; pass --resume to continue it, or choose \
-             another --out",
-            run_dir.display()
-        )));
-    }
+        }
+    })?;
     config.validate()?;
     run.create()?;
 
@@ -168,12 +158,7 @@ pub fn train_generator(
     config.model.condition_num_classes = data.class_names.len().max(1);
     config.model.class_names = data.class_names.clone();
     config.model.validate()?;
-    crate::checkpoint::files::write_atomic(
-        &run.config_path(),
-        serde_json::to_string_pretty(&config)
-            .expect("config serialises")
-            .as_bytes(),
-    )?;
+    run.write_config(&config)?;
 
     let ad = device.clone().autodiff();
     let mut model = ImageBert::new(&config.model, &ad);

@@ -47,6 +47,16 @@ pub struct RunLock {
     _file: File,
 }
 
+/// A run opened for writing ([`RunDir::open`]).
+#[derive(Debug)]
+pub struct OpenedRun<C> {
+    /// Hold it for the whole run.
+    pub lock: RunLock,
+    pub config: C,
+    /// The latest complete checkpoint, if any.
+    pub latest: Option<(u64, PathBuf)>,
+}
+
 /// The paths of a run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -237,6 +247,51 @@ impl RunDir {
             }
         }
         Ok(final_path)
+    }
+
+    /// Opens the run for writing: takes its lock and settles the configuration. Resuming reads
+    /// the run's own `config.json` and `keep` decides what of the requested one applies (the
+    /// trainers let only the length grow); a new run is refused where checkpoints already are.
+    pub fn open<C: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        requested: C,
+        resume: bool,
+        keep: impl FnOnce(C, C) -> C,
+    ) -> Result<OpenedRun<C>> {
+        let lock = self.lock()?;
+        let latest = self.latest_checkpoint();
+        let config = if resume {
+            let path = self.config_path();
+            let text = std::fs::read_to_string(&path).map_err(|e| SftokError::io(&path, e))?;
+            let saved: C = serde_json::from_str(&text).map_err(|e| SftokError::Config {
+                path: path.clone(),
+                message: format!("not this kind of run's configuration ({e})"),
+            })?;
+            keep(saved, requested)
+        } else if latest.is_some() {
+            return Err(SftokError::Other(format!(
+                "{} already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
+                self.root.display()
+            )));
+        } else {
+            requested
+        };
+        Ok(OpenedRun {
+            lock,
+            config,
+            latest,
+        })
+    }
+
+    /// Writes the run's configuration (before anything else of the run).
+    pub fn write_config<C: Serialize>(&self, config: &C) -> Result<()> {
+        self.create()?;
+        crate::checkpoint::files::write_atomic(
+            &self.config_path(),
+            serde_json::to_string_pretty(config)
+                .expect("a configuration serialises")
+                .as_bytes(),
+        )
     }
 
     /// Reads a checkpoint: its resume state and a named file's tensors.

@@ -23,7 +23,7 @@ use super::heldout::{HeldOut, teacher_entries, tokenizer_entries};
 use super::masking::MaskDraw;
 use super::optim::{AdamW, LrSchedule, clip_coefficient, grad_norm};
 use super::pixel_step::stage3_forward;
-use super::run_dir::{ResumeState, RunDir};
+use super::run_dir::{OpenedRun, ResumeState, RunDir};
 use super::teacher_step::{
     CodeUsage, codebook_values, perplexity, restart_dead_codes, set_codebook, teacher_forward,
 };
@@ -165,7 +165,7 @@ pub fn train_data_parallel(
 }
 
 fn train_inner(
-    mut config: TrainConfig,
+    config: TrainConfig,
     run_dir: &Path,
     resume: bool,
     devices: &[Device],
@@ -174,25 +174,16 @@ fn train_inner(
 ) -> Result<TrainOutcome> {
     let device = &devices[0];
     let run = RunDir::new(run_dir);
-    // One writer per run folder, for the whole run.
-    let _lock = run.lock()?;
-    let latest = run.latest_checkpoint();
-    if resume {
-        let saved = std::fs::read_to_string(run.config_path())
-            .map_err(|e| SftokError::io(run.config_path(), e))?;
-        let saved: TrainConfig = serde_json::from_str(&saved).map_err(|e| SftokError::Config {
-            path: run.config_path(),
-            message: e.to_string(),
-        })?;
-        // A resumed run keeps its configuration; only its length may grow.
-        let steps = config.steps.max(saved.steps);
-        config = TrainConfig { steps, ..saved };
-    } else if latest.is_some() {
-        return Err(SftokError::Other(format!(
-            "{} already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
-            run_dir.display()
-        )));
-    }
+    // One writer per run folder, for the whole run; a resumed run keeps its configuration, only
+    // its length may grow.
+    let OpenedRun {
+        lock: _lock,
+        config,
+        latest,
+    } = run.open(config, resume, |saved: TrainConfig, asked| TrainConfig {
+        steps: asked.steps.max(saved.steps),
+        ..saved
+    })?;
     config.model.validate()?;
     if config.batch_size < devices.len() {
         return Err(SftokError::Other(format!(
@@ -202,13 +193,7 @@ fn train_inner(
             devices.len()
         )));
     }
-    run.create()?;
-    crate::checkpoint::files::write_atomic(
-        &run.config_path(),
-        serde_json::to_string_pretty(&config)
-            .expect("config serialises")
-            .as_bytes(),
-    )?;
+    run.write_config(&config)?;
 
     let ad = device.clone().autodiff();
     let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
