@@ -70,6 +70,41 @@ struct Progress {
     codebook: Option<CodebookEma>,
 }
 
+impl Progress {
+    /// A fresh run's state: new optimiser moments, the EMA at the initial weights, step 0, and a
+    /// discriminator (with its own AdamW, betas 0.5 / 0.9) when the adversarial loss will be on.
+    fn new(config: &TrainConfig, trainee: &Trainee, ad: &Device) -> Self {
+        Progress {
+            optim: AdamW::new(config.optimizer.clone()),
+            ema: match &trainee {
+                Trainee::Teacher(m) => Ema::new(m, config.ema_decay),
+                Trainee::Tokenizer(m) => Ema::new(m, config.ema_decay),
+            },
+            state: ResumeState {
+                step: 0,
+                data_epoch: 0,
+                data_batch: 0,
+                ema_updates: 0,
+                images_seen: 0,
+            },
+            disc: (config.gan.start_step != u64::MAX).then(|| {
+                (
+                    PatchDiscriminator::new(64, 3, ad),
+                    AdamW::new(super::optim::AdamWConfig {
+                        beta1: 0.5,
+                        beta2: 0.9,
+                        weight_decay: 0.0,
+                        ..Default::default()
+                    }),
+                )
+            }),
+            lecam: LeCam::new(0.999),
+            usage: CodeUsage::new(config.model.vqgan.num_embeddings),
+            codebook: None,
+        }
+    }
+}
+
 /// Reads the teacher from a model directory (with `teacher.safetensors`) or a run directory
 /// (its `model/` folder), with the configuration found there.
 pub fn load_teacher(path: &Path, device: &Device) -> Result<(SftokConfig, Vqgan)> {
@@ -220,34 +255,7 @@ fn train_inner(
     // Fresh weights are drawn from the backend's generator: seed it so a run is reproducible.
     ad.seed(config.seed);
     let mut trainee = initial_model(&config, teacher.as_ref(), &ad)?;
-    let mut progress = Progress {
-        optim: AdamW::new(config.optimizer.clone()),
-        ema: match &trainee {
-            Trainee::Teacher(m) => Ema::new(m, config.ema_decay),
-            Trainee::Tokenizer(m) => Ema::new(m, config.ema_decay),
-        },
-        state: ResumeState {
-            step: 0,
-            data_epoch: 0,
-            data_batch: 0,
-            ema_updates: 0,
-            images_seen: 0,
-        },
-        disc: (config.gan.start_step != u64::MAX).then(|| {
-            (
-                PatchDiscriminator::new(64, 3, &ad),
-                AdamW::new(super::optim::AdamWConfig {
-                    beta1: 0.5,
-                    beta2: 0.9,
-                    weight_decay: 0.0,
-                    ..Default::default()
-                }),
-            )
-        }),
-        lecam: LeCam::new(0.999),
-        usage: CodeUsage::new(config.model.vqgan.num_embeddings),
-        codebook: None,
-    };
+    let mut progress = Progress::new(&config, &trainee, &ad);
     let mut resumed_from = None;
     if resume && let Some((step, path)) = &latest {
         restore(&config, path, &mut trainee, &mut progress, &ad)?;
@@ -413,28 +421,10 @@ fn train_inner(
                 let (origs, recons): (Vec<_>, Vec<_>) = previews.into_iter().unzip();
                 preview = Some((Tensor::cat(origs, 0), Tensor::cat(recons, 0)));
             }
-            match &trainee {
-                Trainee::Teacher(_) => {
-                    progress.usage.record(&codes, step);
-                    extra.insert(
-                        "perplexity".into(),
-                        json!(perplexity(&codes, config.model.vqgan.num_embeddings)),
-                    );
-                }
-                Trainee::Tokenizer(_) if config.stage != StageKind::Stage3 => {
-                    extra.insert("proxy_accuracy".into(), json!(accuracy));
-                    let used: std::collections::BTreeSet<i64> = codes.iter().copied().collect();
-                    extra.insert(
-                        "codebook_utilisation".into(),
-                        json!(used.len() as f64 / config.model.quantizer.codebook_size as f64),
-                    );
-                    extra.insert(
-                        "perplexity".into(),
-                        json!(perplexity(&codes, config.model.quantizer.codebook_size)),
-                    );
-                }
-                Trainee::Tokenizer(_) => {}
+            if matches!(trainee, Trainee::Teacher(_)) {
+                progress.usage.record(&codes, step);
             }
+            extra.extend(code_statistics(&trainee, &config, &codes, accuracy));
             progress.state.data_batch = batch.position.next().batch;
             progress.state.data_epoch = batch.position.next().epoch;
         }
@@ -669,6 +659,35 @@ fn update_discriminator(
         );
     }
     (disc, optim, total)
+}
+
+/// What the codes of a micro-batch say: the teacher's code perplexity, or a token stage's
+/// proxy-code accuracy, OptVQ codebook use and perplexity (stage 3 has no codes to report).
+fn code_statistics(
+    trainee: &Trainee,
+    config: &TrainConfig,
+    codes: &[i64],
+    accuracy: f64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    match trainee {
+        Trainee::Teacher(_) => {
+            let v = config.model.vqgan.num_embeddings;
+            out.insert("perplexity".into(), json!(perplexity(codes, v)));
+        }
+        Trainee::Tokenizer(_) if config.stage != StageKind::Stage3 => {
+            let k = config.model.quantizer.codebook_size;
+            let used: std::collections::BTreeSet<i64> = codes.iter().copied().collect();
+            out.insert("proxy_accuracy".into(), json!(accuracy));
+            out.insert(
+                "codebook_utilisation".into(),
+                json!(used.len() as f64 / k as f64),
+            );
+            out.insert("perplexity".into(), json!(perplexity(codes, k)));
+        }
+        Trainee::Tokenizer(_) => {}
+    }
+    out
 }
 
 /// The held-out measurements of the live and the EMA weights.
