@@ -429,19 +429,17 @@ fn train_inner(
             progress.state.data_epoch = batch.position.next().epoch;
         }
         let micro = config.grad_accum.max(1) as f64;
-        let mut grads = grads_total.expect("at least one micro-batch");
-        let norm = match &trainee {
-            Trainee::Teacher(m) => grad_norm(m, &grads),
-            Trainee::Tokenizer(m) => grad_norm(m, &grads),
-        } / micro;
-        let scale = clip_coefficient(norm, config.grad_clip) / micro;
         let lr = schedule.lr(step);
-        trainee = on_compute_pool(&ad, || match trainee {
-            Trainee::Teacher(m) => Trainee::Teacher(progress.optim.step(m, &mut grads, lr, scale)),
-            Trainee::Tokenizer(m) => {
-                Trainee::Tokenizer(progress.optim.step(m, &mut grads, lr, scale))
-            }
-        });
+        let norm;
+        (trainee, norm) = optimiser_step(
+            trainee,
+            &mut progress.optim,
+            grads_total.expect("at least one micro-batch"),
+            lr,
+            micro,
+            config.grad_clip,
+            &ad,
+        );
 
         // The teacher's codebook: moving average, and the guard against codebook collapse. Both
         // change the live weights, so they come before the weights' EMA sees them.
@@ -528,20 +526,17 @@ fn train_inner(
             || step == config.steps
             || (eval_now && heldout.is_some())
         {
-            let mut row = serde_json::Map::new();
-            row.insert("step".into(), json!(step));
-            for (name, v) in &terms {
-                row.insert((*name).into(), json!(v / micro));
+            let row = StepMetrics {
+                step,
+                terms: terms.iter().map(|&(name, v)| (name, v / micro)).collect(),
+                lr,
+                grad_norm: norm,
+                images_per_sec,
+                images_seen: progress.state.images_seen,
+                skipped_files: last_skipped,
+                extra,
             }
-            row.insert("lr".into(), json!(lr));
-            row.insert("grad_norm".into(), json!(norm));
-            row.insert("images_per_sec".into(), json!(images_per_sec));
-            row.insert("images_seen".into(), json!(progress.state.images_seen));
-            row.insert("skipped_files".into(), json!(last_skipped));
-            for (k, v) in extra {
-                row.insert(k, v);
-            }
-            let row = serde_json::Value::Object(row);
+            .row();
             run.append_metrics(&row)?;
             emit(TrainEvent::Metrics(row));
         }
@@ -659,6 +654,61 @@ fn update_discriminator(
         );
     }
     (disc, optim, total)
+}
+
+/// One row of `metrics.jsonl`.
+struct StepMetrics {
+    step: u64,
+    /// Each loss term, averaged over the micro-batches (`loss` is their weighted sum).
+    terms: Vec<(&'static str, f64)>,
+    lr: f64,
+    /// Before clipping.
+    grad_norm: f64,
+    images_per_sec: f64,
+    images_seen: u64,
+    skipped_files: usize,
+    /// The stage's own figures: code statistics, held-out measurements, restarted codes.
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StepMetrics {
+    fn row(self) -> serde_json::Value {
+        let mut row = serde_json::Map::new();
+        row.insert("step".into(), json!(self.step));
+        for (name, v) in self.terms {
+            row.insert(name.into(), json!(v));
+        }
+        row.insert("lr".into(), json!(self.lr));
+        row.insert("grad_norm".into(), json!(self.grad_norm));
+        row.insert("images_per_sec".into(), json!(self.images_per_sec));
+        row.insert("images_seen".into(), json!(self.images_seen));
+        row.insert("skipped_files".into(), json!(self.skipped_files));
+        row.extend(self.extra);
+        serde_json::Value::Object(row)
+    }
+}
+
+/// One AdamW update from the gradients summed over `micro` micro-batches: their mean's norm
+/// (returned, before clipping) is clipped to `max_norm`.
+fn optimiser_step(
+    trainee: Trainee,
+    optim: &mut AdamW,
+    mut grads: GradientsParams,
+    lr: f64,
+    micro: f64,
+    max_norm: f64,
+    ad: &Device,
+) -> (Trainee, f64) {
+    let norm = match &trainee {
+        Trainee::Teacher(m) => grad_norm(m, &grads),
+        Trainee::Tokenizer(m) => grad_norm(m, &grads),
+    } / micro;
+    let scale = clip_coefficient(norm, max_norm) / micro;
+    let trainee = on_compute_pool(ad, || match trainee {
+        Trainee::Teacher(m) => Trainee::Teacher(optim.step(m, &mut grads, lr, scale)),
+        Trainee::Tokenizer(m) => Trainee::Tokenizer(optim.step(m, &mut grads, lr, scale)),
+    });
+    (trainee, norm)
 }
 
 /// What the codes of a micro-batch say: the teacher's code perplexity, or a token stage's
