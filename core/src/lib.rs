@@ -29,4 +29,9 @@ pub use config::{AssignmentMode, SftokConfig};
 pub use device::{ChosenDevice, DeviceChoice, choose_device, choose_devices};
 pub use error::{Result, SftokError};
 pub use image_io::{center_crop_resize, images_to_tensor, load_rgb, tensor_to_images};
-pub use reconstruct::{ReconstructOptions, Trace, reconstruct};
+pub use reconstruct::{ReconstructOptions, Trace, decode_tokens, reconstruct};
+// Class to image: load a generator directory, generate latent tokens, decode them.
+pub use generator::{
+    GenerateOptions, GeneratedImages, LoadedGenerator, SeededNoise, generate_images,
+    load_generator_dir,
+};
