@@ -247,4 +247,32 @@ fn hostile_imports_and_configs_end_in_clear_errors() {
             name,
         );
     }
+
+    // Generator directories likewise.
+    for (field, value) in [
+        ("hidden_size", serde_json::json!(1_000_000_000u64)),
+        ("codebook_size", serde_json::json!(1e12)),
+        ("num_hidden_layers", serde_json::json!(0)),
+        ("image_seq_len", serde_json::json!(-3)),
+    ] {
+        let generator = dir.join(format!("generator-{field}"));
+        std::fs::create_dir_all(&generator).unwrap();
+        let source = repo().join("assets/models/generator");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+                .unwrap();
+        config[field] = value;
+        std::fs::write(generator.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(generator.join("model.safetensors"), b"not weights").unwrap();
+        assert_clean_error(
+            &[
+                "generate",
+                "--device",
+                "cpu",
+                "--generator",
+                path_str(&generator),
+            ],
+            field,
+        );
+    }
 }

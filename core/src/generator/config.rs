@@ -187,20 +187,25 @@ impl GeneratorConfig {
                 self.model_type
             ));
         }
-        for (name, v) in [
-            ("codebook_size", self.codebook_size),
-            ("image_seq_len", self.image_seq_len),
-            ("condition_num_classes", self.condition_num_classes),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
+        // Bounds far past any published model (the official: 8192 codes, 64 tokens, 1000
+        // classes, 768 wide, 24 layers, 16 heads, 3072 inner), low enough that a hostile
+        // config cannot ask for more memory than a machine has.
+        for (name, v, max) in [
+            ("codebook_size", self.codebook_size, 1 << 20),
+            ("image_seq_len", self.image_seq_len, 4096),
+            ("condition_num_classes", self.condition_num_classes, 1 << 20),
+            ("hidden_size", self.hidden_size, 8192),
+            ("num_hidden_layers", self.num_hidden_layers, 256),
+            ("num_attention_heads", self.num_attention_heads, 256),
+            ("intermediate_size", self.intermediate_size, 65536),
         ] {
             if v == 0 {
                 return bad(format!("{name} is 0; it must be at least 1"));
             }
-            if v > 1 << 24 {
-                return bad(format!("{name} is {v}, far beyond any real model"));
+            if v > max {
+                return bad(format!(
+                    "{name} is {v}, far beyond any real model (at most {max})"
+                ));
             }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
@@ -280,6 +285,22 @@ impl GeneratorConfig {
                     .into(),
             );
         } else {
+            // serde's message names the type, not the field: say which size is not a count.
+            for key in [
+                "codebook_size",
+                "image_seq_len",
+                "condition_num_classes",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+            ] {
+                if let Some(v) = value.get(key)
+                    && v.as_u64().is_none()
+                {
+                    return Err(format!("{key} is {v}; it must be a whole number from 1 up"));
+                }
+            }
             serde_json::from_value::<GeneratorConfig>(value.clone()).map_err(|e| e.to_string())?
         };
         config.validate().map_err(|e| e.to_string())?;
