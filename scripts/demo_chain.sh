@@ -3,12 +3,14 @@
 #
 #   scripts/demo_chain.sh PART [PART ...]
 #
-# PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | bundle | eval
+# PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | sfvr3b | vanilla3b |
+#       bundle | eval
 # (teacher2: the teacher continued from `teacher` with --init at a lower learning rate; the
 #  bundled teacher. TEACHER_RUN=teacher2 makes stage 1 learn its codes; the bundled token models
 #  of 2026-12-02 were trained against `teacher`, the default)
-# (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each, which is what is bundled;
-#  sfvr and vanilla themselves, before stage 3, are what docs/experiments.md compares)
+# (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each; sfvr3b / vanilla3b: stage 3
+#  continued from them for 1500 more steps, which is what is bundled since the fourth session of
+#  2026-12-02; sfvr and vanilla themselves, before stage 3, are what docs/experiments.md compares)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -27,6 +29,7 @@ TEACHER_RUN=${TEACHER_RUN:-teacher}
 STAGE1_STEPS=${STAGE1_STEPS:-3500}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 STAGE3_STEPS=${STAGE3_STEPS:-400}
+STAGE3B_STEPS=${STAGE3B_STEPS:-1500}
 
 for part in "$@"; do
   case $part in
@@ -51,14 +54,19 @@ for part in "$@"; do
       # pixel loss supplies; docs/token_stages.md). No GAN: PSNR is the target.
       train "$RUNS/$part" stage3 --init "$RUNS/${part%3}" --steps "$STAGE3_STEPS" --no-gan --train-encoder
       ;;
+    sfvr3b | vanilla3b)
+      train "$RUNS/$part" stage3 --init "$RUNS/${part%b}" --steps "$STAGE3B_STEPS" --no-gan --train-encoder
+      ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       teacher=teacher
       [ -e "$RUNS/teacher2/model/teacher.safetensors" ] && teacher=teacher2
       cp "$RUNS/$teacher/model/config.json" "$RUNS/$teacher/model/teacher.safetensors" assets/models/teacher/
       for m in sfvr vanilla; do
-        cp "$RUNS/${m}3/model/config.json" "$RUNS/${m}3/model/model.safetensors" \
-          "$RUNS/${m}3/model/teacher.safetensors" "assets/models/$m/"
+        run="$RUNS/${m}3"
+        [ -e "$RUNS/${m}3b/model/model.safetensors" ] && run="$RUNS/${m}3b"
+        cp "$run/model/config.json" "$run/model/model.safetensors" \
+          "$run/model/teacher.safetensors" "assets/models/$m/"
       done
       ;;
     eval)
@@ -66,7 +74,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, bundle or eval" >&2
+      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, bundle or eval" >&2
       exit 2
       ;;
   esac
