@@ -675,6 +675,11 @@ mod tests {
     /// dimension, a wrong block split, a library that is not safe to call concurrently) fails it.
     fn concurrent_products(rounds: usize) {
         if !available() {
+            assert!(
+                std::env::var_os("SFTOK_REQUIRE_BLAS").is_none(),
+                "SFTOK_REQUIRE_BLAS is set but no BLAS is in use: {}",
+                backend()
+            );
             eprintln!("skipped: {}", backend());
             return;
         }
