@@ -4,13 +4,15 @@
 #   scripts/demo_chain.sh PART [PART ...]
 #
 # PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | sfvr3b | vanilla3b |
-#       bundle | eval
+#       sfvr3c | vanilla3c | bundle | eval
 # (teacher2: the teacher continued from `teacher` with --init at a lower learning rate; the
 #  bundled teacher. TEACHER_RUN=teacher2 makes stage 1 learn its codes; the bundled token models
 #  of 2026-12-02 were trained against `teacher`, the default)
 # (sfvr3 / vanilla3: stage 3, the pixel-space fine-tuning of each; sfvr3b / vanilla3b: stage 3
 #  continued from them for 1500 more steps, which is what is bundled since the fourth session of
-#  2026-12-02; sfvr and vanilla themselves, before stage 3, are what docs/experiments.md compares)
+#  2026-12-02; sfvr3c / vanilla3c: stage 3 continued again, from the bundled models, at a higher
+#  learning rate (5e-4) for 3000 steps, 2026-12-07; sfvr and vanilla themselves, before stage 3,
+#  are what docs/experiments.md compares)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -30,6 +32,8 @@ STAGE1_STEPS=${STAGE1_STEPS:-3500}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 STAGE3_STEPS=${STAGE3_STEPS:-400}
 STAGE3B_STEPS=${STAGE3B_STEPS:-1500}
+STAGE3C_STEPS=${STAGE3C_STEPS:-3000}
+STAGE3C_LR=${STAGE3C_LR:-5e-4}
 
 for part in "$@"; do
   case $part in
@@ -57,6 +61,13 @@ for part in "$@"; do
     sfvr3b | vanilla3b)
       train "$RUNS/$part" stage3 --init "$RUNS/${part%b}" --steps "$STAGE3B_STEPS" --no-gan --train-encoder
       ;;
+    sfvr3c | vanilla3c)
+      # From the bundled model when the 3b run is not here (a new machine has only assets/).
+      init="$RUNS/${part%c}b"
+      [ -e "$init/model/model.safetensors" ] || init="assets/models/${part%3c}"
+      train "$RUNS/$part" stage3 --init "$init" --steps "$STAGE3C_STEPS" --lr "$STAGE3C_LR" \
+        --no-gan --train-encoder
+      ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       teacher=teacher
@@ -65,6 +76,7 @@ for part in "$@"; do
       for m in sfvr vanilla; do
         run="$RUNS/${m}3"
         [ -e "$RUNS/${m}3b/model/model.safetensors" ] && run="$RUNS/${m}3b"
+        [ -e "$RUNS/${m}3c/model/model.safetensors" ] && run="$RUNS/${m}3c"
         cp "$run/model/config.json" "$run/model/model.safetensors" \
           "$run/model/teacher.safetensors" "assets/models/$m/"
       done
@@ -74,7 +86,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, bundle or eval" >&2
+      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, sfvr3c, vanilla3c, bundle or eval" >&2
       exit 2
       ;;
   esac

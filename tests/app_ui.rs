@@ -59,6 +59,17 @@ fn reconstruct_view_scrubs_through_the_steps() {
     h.step();
     assert_eq!(h.state().scrub.step, 1);
     h.get_by_label_contains("Step 1/8");
+    // The trace came with its last step's image; step 1's is decoded after it (first, as the
+    // scrubber is on it), then the others and the teacher's, and the label gives its PSNR.
+    wait_until(&mut h, "every image of the trace", |a| {
+        let id = a.gallery.selected.unwrap();
+        a.traces
+            .get(Slot::A, &a.current_key(id))
+            .is_some_and(|t| t.data.is_complete())
+    });
+    h.get_by_label_contains("Step 1/8: ");
+    assert!(h.query_by_label_contains("decoding").is_none());
+    h.get_by_label_contains("Teacher: ");
     h.get_by_label(">|").click();
     h.step();
     assert_eq!(h.state().scrub.step, 8);
@@ -207,6 +218,52 @@ fn dropped_files_are_added_or_explained() {
     h.get_by_label_contains("broken.png was not added");
 }
 
+/// Where no file dialog can appear, a typed path opens an image or a folder; a wrong path, a
+/// file that is not an image and an empty field each get a message, and nothing is added.
+#[test]
+fn a_typed_path_opens_an_image_or_a_folder() {
+    let mut h = harness();
+    wait_until(&mut h, "the samples", |a| a.gallery.images.len() >= 5);
+    let dir = std::env::temp_dir().join(format!("sftok-ui-path-{}", std::process::id()));
+    let folder = dir.join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (name, shade) in [("a.png", 40u8), ("b.png", 200)] {
+        image::RgbImage::from_pixel(40, 30, image::Rgb([shade, 90, 10]))
+            .save(folder.join(name))
+            .unwrap();
+    }
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, b"not an image").unwrap();
+
+    h.get_by_label("Type a path").click();
+    h.step();
+    let before = h.state().gallery.images.len();
+    for (typed, expected) in [
+        (String::new(), "Type the path"),
+        (dir.join("missing").display().to_string(), "does not exist"),
+        (text.display().to_string(), "is not an image"),
+    ] {
+        h.state_mut().path_entry = Some(typed);
+        h.step();
+        h.get_by_label("Open path").click();
+        h.step();
+        h.get_by_label_contains(expected);
+        assert_eq!(h.state().gallery.images.len(), before);
+    }
+    h.state_mut().path_entry = Some(folder.display().to_string());
+    h.step();
+    h.get_by_label("Open path").click();
+    h.step();
+    wait_until(&mut h, "the folder's images", |a| {
+        a.gallery.images.len() == before + 2
+    });
+    assert!(
+        h.state().path_entry.is_none(),
+        "the row closes once a path opened"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn editing_a_latent_token_changes_the_reconstruction() {
     let mut h = harness();
@@ -314,7 +371,7 @@ fn every_enabled_control_of_every_view_can_be_clicked() {
                 h.state_mut().settings.view = view;
                 h.run_steps(2);
                 // The UI may have changed since the labels were collected.
-                let Some(node) = h.query_by_role_and_label(*role, label) else {
+                let Some(node) = h.query_all_by_role_and_label(*role, label).next() else {
                     continue;
                 };
                 if node.accesskit_node().is_disabled() {
@@ -322,7 +379,7 @@ fn every_enabled_control_of_every_view_can_be_clicked() {
                 }
                 node.scroll_to_me();
                 h.run_steps(2);
-                if let Some(node) = h.query_by_role_and_label(*role, label) {
+                if let Some(node) = h.query_all_by_role_and_label(*role, label).next() {
                     node.click();
                     clicked += 1;
                 }

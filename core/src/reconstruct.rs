@@ -113,11 +113,27 @@ fn reconstruct_here(
     let mut trace = generate_here(model, zq, opts);
     trace.latent_ids = latent_ids;
     if let Some(teacher) = teacher {
-        let teacher_codes = teacher.encode(pixels);
-        trace.teacher_reconstruction = Some(teacher.decode(teacher_codes.clone()));
-        trace.teacher_ids = Some(rows_i64(teacher_codes));
+        let (image, ids) = teacher_reconstruction(teacher, pixels);
+        trace.teacher_reconstruction = Some(image);
+        trace.teacher_ids = Some(ids);
     }
     trace
+}
+
+/// The pixel head's image of one step's logits `[B, N, V]` (kept with
+/// [`ReconstructOptions::keep_logits`]): what a trace made without `step_images` leaves to decode
+/// later, when something shows that step.
+pub fn step_pixels(model: &Sftok, logits: Tensor<3>) -> Tensor<4> {
+    on_compute_pool(&logits.device(), || model.pixels_from_logits(logits))
+}
+
+/// The teacher's own reconstruction of `pixels` and its codes `[B][N]` (what [`reconstruct`]
+/// adds to a trace when it is given a teacher).
+pub fn teacher_reconstruction(teacher: &Vqgan, pixels: Tensor<4>) -> (Tensor<4>, Vec<Vec<i64>>) {
+    on_compute_pool(&pixels.device(), || {
+        let codes = teacher.encode(pixels);
+        (teacher.decode(codes.clone()), rows_i64(codes))
+    })
 }
 
 /// The official `decode_tokens`: latent token ids `[B][L]` (OptVQ indices, e.g. a generator's

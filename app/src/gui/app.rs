@@ -65,6 +65,9 @@ pub struct StudioApp {
     quit_when_idle: bool,
     announced_first_trace: bool,
     assets: PathBuf,
+    /// The typed path of the "Open path" row (shown after a click on *Type a path...* or when
+    /// no file dialog could be shown); `None` while the row is hidden.
+    pub path_entry: Option<String>,
 }
 
 impl StudioApp {
@@ -106,6 +109,7 @@ impl StudioApp {
             quit_when_idle: false,
             announced_first_trace: false,
             assets,
+            path_entry: None,
         };
         app.scrub.step = app.settings.steps;
         // Models: the last ones used, else the bundled SFVR and vanilla pair.
@@ -182,6 +186,17 @@ impl StudioApp {
         }
     }
 
+    /// Asks the worker to decode this step of a shown trace next, once per step.
+    pub fn prefer_step(&mut self, slot: Slot, key: &TraceKey, step: usize) {
+        if self.traces.mark_preferred(slot, key, step) {
+            self.worker.send(ModelCommand::PreferStep {
+                slot,
+                key: key.clone(),
+                step,
+            });
+        }
+    }
+
     fn handle_model_events(&mut self) {
         for event in self.worker.poll() {
             match event {
@@ -251,6 +266,22 @@ impl StudioApp {
                     self.messages
                         .push_error(format!("Generation failed: {message}"));
                 }
+                ModelEvent::StepImage {
+                    slot,
+                    key,
+                    step,
+                    image,
+                } => self
+                    .traces
+                    .update(slot, &key, |t| t.set_step_image(step, image)),
+                ModelEvent::Teacher {
+                    slot,
+                    key,
+                    image,
+                    ids,
+                } => self
+                    .traces
+                    .update(slot, &key, |t| t.set_teacher(image, ids)),
                 ModelEvent::TraceFailed { slot, key, message } => {
                     self.messages
                         .push_error(format!("Reconstruction failed: {message}"));
@@ -286,8 +317,22 @@ impl StudioApp {
         self.gallery.open(files, ctx);
     }
 
-    /// Opens `tuned` beside `base` in the compare view.
+    /// Opens `tuned` beside `base` in the compare view, and says which model B it replaced (so
+    /// that the swap is never silent, and the user knows what to load back).
     pub fn show_comparison(&mut self, base: PathBuf, tuned: PathBuf) {
+        let previous_b = self.slot(Slot::B).info.as_ref().map(|i| i.dir.clone());
+        let note = match previous_b {
+            Some(old) if old != tuned => format!(
+                "The fine-tuned model is in {} and now open as B beside its base (A); B was {}                  (load it again into B to go back).",
+                tuned.display(),
+                old.display()
+            ),
+            _ => format!(
+                "The fine-tuned model is in {} and now open as B beside its base (A).",
+                tuned.display()
+            ),
+        };
+        self.messages.push_info(note);
         self.load_model(Slot::A, base);
         self.load_model(Slot::B, tuned);
         self.settings.view = View::Compare;
@@ -321,7 +366,10 @@ impl StudioApp {
                         self.gallery.open(files, ui.ctx());
                     }
                     Ok(None) => {}
-                    Err(e) => self.messages.push_error(e),
+                    Err(e) => {
+                        self.messages.push_error(e);
+                        self.path_entry.get_or_insert_default();
+                    }
                 }
             }
             if ui.button("Open folder...").clicked() {
@@ -333,8 +381,18 @@ impl StudioApp {
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => self.messages.push_error(e),
+                    Err(e) => {
+                        self.messages.push_error(e);
+                        self.path_entry.get_or_insert_default();
+                    }
                 }
+            }
+            if ui
+                .button("Type a path")
+                .on_hover_text("open an image or a folder of images by its path, without a dialog")
+                .clicked()
+            {
+                self.path_entry.get_or_insert_default();
             }
             if ui.button("Add samples").clicked() {
                 self.gallery.open(sample_paths(&self.assets), ui.ctx());
@@ -345,6 +403,66 @@ impl StudioApp {
             ui.add(egui::Label::new(device.as_str()).truncate())
                 .on_hover_text(device);
         });
+    }
+
+    /// The path row: a text field for a file or folder, for desktops where no dialog appears.
+    fn path_entry_ui(&mut self, ui: &mut egui::Ui) {
+        let Some(mut text) = self.path_entry.take() else {
+            return;
+        };
+        let mut keep = true;
+        ui.horizontal(|ui| {
+            ui.label("Image or folder path:");
+            let field = ui.add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("/home/me/photos or /home/me/cat.jpg")
+                    .desired_width(420.0),
+            );
+            let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui.button("Open path").clicked() || entered {
+                match self.open_typed_path(&text, ui.ctx()) {
+                    Ok(()) => keep = false,
+                    Err(e) => self.messages.push_error(e),
+                }
+            }
+            if ui.button("Close").clicked() {
+                keep = false;
+            }
+        });
+        if keep {
+            self.path_entry = Some(text);
+        }
+    }
+
+    /// Opens a typed path: a folder (recursively) or one image; `~/` is the home folder.
+    pub fn open_typed_path(&mut self, text: &str, ctx: &egui::Context) -> Result<(), String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("Type the path of an image or of a folder of images first.".into());
+        }
+        let path = match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => PathBuf::from(text),
+        };
+        if path.is_dir() {
+            self.settings.last_image_dir = Some(path.clone());
+            return self.gallery.open_folder(&path, ctx).map(|_| ());
+        }
+        if !path.exists() {
+            return Err(format!(
+                "{} does not exist: check the path (it is read from the folder the app was                  started in unless it starts with /).",
+                path.display()
+            ));
+        }
+        if !is_image_path(&path) {
+            return Err(format!(
+                "{} is not an image this app reads (JPEG, PNG, WebP or BMP), nor a folder.",
+                path.display()
+            ));
+        }
+        self.settings.last_image_dir = path.parent().map(Path::to_path_buf);
+        self.gallery.open(vec![path], ctx);
+        Ok(())
     }
 
     fn messages_ui(&mut self, ui: &mut egui::Ui) {
@@ -459,7 +577,10 @@ impl eframe::App for StudioApp {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
+        egui::Panel::top("top").show(ui, |ui| {
+            self.top_bar(ui);
+            self.path_entry_ui(ui);
+        });
         if !self.messages.is_empty() {
             egui::Panel::bottom("messages").show(ui, |ui| self.messages_ui(ui));
         }

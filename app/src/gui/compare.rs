@@ -6,7 +6,9 @@ use egui::TextureOptions;
 use super::app::{Messages, StudioApp};
 use super::gallery::rgb_to_color_image;
 use super::model_worker::Slot;
-use super::scrub::{image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace};
+use super::scrub::{
+    decoding_ui, image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace,
+};
 use super::trace_data::{difference_gain, difference_image};
 
 pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
@@ -51,28 +53,31 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 };
                 let textures = cached.textures(&ctx);
                 let (original, steps) = (textures.original.clone(), textures.steps.clone());
-                let data = &cached.data;
+                let data = cached.data.clone();
                 let step = step.min(data.num_steps()).min(steps.len());
                 match step {
                     0 => {
                         ui.label(format!("{}: step 0 (all masked)", slot.name()));
                         image_ui(ui, &original);
                     }
-                    k => {
-                        ui.label(format!(
-                            "{}: step {k}, {:.2} dB",
-                            slot.name(),
-                            data.steps[k - 1].psnr_db
-                        ));
-                        image_ui(ui, &steps[k - 1]);
-                    }
+                    k => match (&steps[k - 1], data.steps[k - 1].psnr_db) {
+                        (Some(texture), Some(db)) => {
+                            ui.label(format!("{}: step {k}, {db:.2} dB", slot.name()));
+                            image_ui(ui, texture);
+                        }
+                        _ => {
+                            ui.label(format!("{}: step {k}, decoding...", slot.name()));
+                            decoding_ui(ui);
+                            app.prefer_step(slot, &key, k);
+                        }
+                    },
                 }
-                shown.push((slot, data.clone()));
+                shown.push((slot, data));
             });
         }
         if let [(_, a), (_, b)] = shown.as_slice()
             && step > 0
-            && step <= a.steps.len().min(b.steps.len())
+            && let (Some(ia), Some(ib)) = (a.step_image(step), b.step_image(step))
             && a.original.dimensions() == b.original.dimensions()
         {
             ui.vertical(|ui| {
@@ -87,7 +92,6 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                 let (texture, gain) = ctx
                     .data(|d| d.get_temp::<(egui::TextureHandle, f32)>(id))
                     .unwrap_or_else(|| {
-                        let (ia, ib) = (&a.steps[step - 1].image, &b.steps[step - 1].image);
                         let gain = difference_gain(ia, ib);
                         let diff = difference_image(ia, ib, gain);
                         let t = ctx.load_texture(

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 /// What to tell the user when no dialog could be shown.
-pub const NO_DIALOG: &str = "No file dialog could be shown on this desktop (it needs an XDG desktop portal or zenity: `apt install zenity`). Drag and drop images or folders onto the window instead.";
+pub const NO_DIALOG: &str = "No file dialog could be shown on this desktop (it needs an XDG desktop portal or zenity: `apt install zenity`). Type the path in the row that opened below the buttons, or drag and drop images or folders onto the window.";
 
 /// Runs a dialog: `Ok(None)` when the person cancelled, `Err` when no dialog appeared.
 pub fn run<T>(show: impl FnOnce() -> Option<T>) -> Result<Option<T>, String> {

@@ -1,16 +1,26 @@
 //! The model worker: one thread that owns the device and the loaded models. The UI sends it
 //! [`ModelCommand`]s and reads [`ModelEvent`]s; it never waits on the model. Every event wakes the
 //! UI with `request_repaint`, so the window repaints only when something changed.
+//!
+//! A reconstruction streams: the worker runs the encoder and the T decoder steps, decodes only
+//! the last step's pixels and sends that trace at once; then, between commands, it decodes the
+//! teacher's reconstruction and each earlier step's image and sends them one by one
+//! ([`ModelEvent::StepImage`], [`ModelEvent::Teacher`]). A step the scrubber is on is decoded
+//! first ([`ModelCommand::PreferStep`]); the newest trace's images come before older ones, and
+//! a new command is always served before the remaining images.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
+use burn::tensor::Tensor;
 use image::RgbImage;
 use sftok_core::checkpoint::{LoadedModel, load_model_dir};
 use sftok_core::generator::{LoadedGenerator, load_generator_dir};
-use sftok_core::image_io::{center_crop_resize, images_to_tensor};
-use sftok_core::reconstruct::{ReconstructOptions, generate, ids_tensor, reconstruct};
+use sftok_core::image_io::{center_crop_resize, images_to_tensor, tensor_to_images};
+use sftok_core::reconstruct::{
+    ReconstructOptions, generate, ids_tensor, reconstruct, step_pixels, teacher_reconstruction,
+};
 use sftok_core::{ChosenDevice, DeviceChoice, choose_device};
 
 use super::generation_data::{GenerateRequest, GenerationData};
@@ -83,6 +93,13 @@ pub enum ModelCommand {
         key: TraceKey,
         image: RgbImage,
     },
+    /// The scrubber is on this step of this trace and its image is not there yet: decode it
+    /// before the others.
+    PreferStep {
+        slot: Slot,
+        key: TraceKey,
+        step: usize,
+    },
 }
 
 pub enum ModelEvent {
@@ -104,6 +121,20 @@ pub enum ModelEvent {
         slot: Slot,
         key: TraceKey,
         message: String,
+    },
+    /// The image of step `step` (1-based) of a trace sent before.
+    StepImage {
+        slot: Slot,
+        key: TraceKey,
+        step: usize,
+        image: RgbImage,
+    },
+    /// The teacher's reconstruction and codes of a trace's input.
+    Teacher {
+        slot: Slot,
+        key: TraceKey,
+        image: RgbImage,
+        ids: Vec<i64>,
     },
     GeneratorLoaded(GeneratorInfo),
     GeneratorLoadFailed {
@@ -165,8 +196,28 @@ fn worker_loop(
     emit(ModelEvent::DeviceReady(chosen.description.clone()));
     let mut models: HashMap<Slot, LoadedModel> = HashMap::new();
     let mut generator: Option<LoadedGenerator> = None;
-    while let Ok(command) = commands.recv() {
+    let mut jobs = ImageJobs::default();
+    loop {
+        // A command first; with none waiting, one image of a trace already sent.
+        let command = if jobs.is_empty() {
+            match commands.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            }
+        } else {
+            match commands.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {
+                    if let Some(job) = jobs.next() {
+                        run_image_job(job, &models, &emit);
+                    }
+                    continue;
+                }
+            }
+        };
         match command {
+            ModelCommand::PreferStep { slot, key, step } => jobs.prefer(slot, &key, step),
             ModelCommand::LoadGenerator { dir } => {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     load_generator_dir(&dir, &chosen.device)
@@ -205,6 +256,8 @@ fn worker_loop(
                 });
             }
             ModelCommand::Load { slot, dir } => {
+                // The images still to decode belong to the slot's old model.
+                jobs.forget_slot(slot);
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     load_model_dir(&dir, &chosen.device)
                 }));
@@ -236,14 +289,17 @@ fn worker_loop(
                     continue;
                 };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    trace_of(model, &key, &image, &chosen)
+                    streamed_trace_of(model, &key, &image, &chosen)
                 }));
                 match result {
-                    Ok(trace) => emit(ModelEvent::Trace {
-                        slot,
-                        key,
-                        trace: Box::new(trace),
-                    }),
+                    Ok((trace, pending)) => {
+                        jobs.add(slot, &key, pending);
+                        emit(ModelEvent::Trace {
+                            slot,
+                            key,
+                            trace: Box::new(trace),
+                        })
+                    }
                     Err(_) => emit(ModelEvent::TraceFailed {
                         slot,
                         key,
@@ -283,21 +339,151 @@ pub fn info_of(model: &LoadedModel) -> ModelInfo {
     }
 }
 
-/// Reconstructs `image` (any size: centre-cropped and resized to the model's) with the full trace.
-pub fn trace_of(
+/// What is left to decode of a trace after its last step's image was sent.
+pub struct PendingImages {
+    /// The model's input, for the teacher (when the model has one).
+    teacher_input: Option<Tensor<4>>,
+    /// Each earlier step's logits, `(step, logits)`, step 1-based.
+    steps: Vec<(usize, Tensor<3>)>,
+}
+
+enum ImageJob {
+    Teacher {
+        slot: Slot,
+        key: TraceKey,
+        pixels: Tensor<4>,
+    },
+    Step {
+        slot: Slot,
+        key: TraceKey,
+        step: usize,
+        logits: Tensor<3>,
+    },
+}
+
+impl ImageJob {
+    fn is_of(&self, s: Slot, k: &TraceKey) -> bool {
+        match self {
+            ImageJob::Teacher { slot, key, .. } | ImageJob::Step { slot, key, .. } => {
+                *slot == s && key == k
+            }
+        }
+    }
+}
+
+/// The images still to decode, newest trace first.
+#[derive(Default)]
+struct ImageJobs {
+    queue: VecDeque<ImageJob>,
+}
+
+impl ImageJobs {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn next(&mut self) -> Option<ImageJob> {
+        self.queue.pop_front()
+    }
+
+    /// A new trace's images go before every older trace's: the teacher (shown beside the
+    /// final image), then the steps from the first.
+    fn add(&mut self, slot: Slot, key: &TraceKey, pending: PendingImages) {
+        let mut new: Vec<ImageJob> = Vec::new();
+        if let Some(pixels) = pending.teacher_input {
+            new.push(ImageJob::Teacher {
+                slot,
+                key: key.clone(),
+                pixels,
+            });
+        }
+        for (step, logits) in pending.steps {
+            new.push(ImageJob::Step {
+                slot,
+                key: key.clone(),
+                step,
+                logits,
+            });
+        }
+        for job in new.into_iter().rev() {
+            self.queue.push_front(job);
+        }
+    }
+
+    /// Moves the job of `step` of this trace to the front.
+    fn prefer(&mut self, slot: Slot, key: &TraceKey, step: usize) {
+        let found = self.queue.iter().position(|j| {
+            matches!(j, ImageJob::Step { step: s, .. } if *s == step) && j.is_of(slot, key)
+        });
+        if let Some(job) = found.and_then(|i| self.queue.remove(i)) {
+            self.queue.push_front(job);
+        }
+    }
+
+    fn forget_slot(&mut self, slot: Slot) {
+        self.queue.retain(|j| match j {
+            ImageJob::Teacher { slot: s, .. } | ImageJob::Step { slot: s, .. } => *s != slot,
+        });
+    }
+}
+
+fn run_image_job(job: ImageJob, models: &HashMap<Slot, LoadedModel>, emit: &impl Fn(ModelEvent)) {
+    let slot = match &job {
+        ImageJob::Teacher { slot, .. } | ImageJob::Step { slot, .. } => *slot,
+    };
+    let Some(model) = models.get(&slot) else {
+        return;
+    };
+    // A failure here loses one image of a trace that is already shown; the view keeps saying
+    // that it is being decoded rather than the app going down.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+        ImageJob::Teacher { slot, key, pixels } => {
+            if let Some(teacher) = &model.teacher {
+                let (image, ids) = teacher_reconstruction(teacher, pixels);
+                emit(ModelEvent::Teacher {
+                    slot,
+                    key,
+                    image: tensor_to_images(image).remove(0),
+                    ids: ids.into_iter().next().unwrap_or_default(),
+                });
+            }
+        }
+        ImageJob::Step {
+            slot,
+            key,
+            step,
+            logits,
+        } => {
+            let image = tensor_to_images(step_pixels(&model.model, logits)).remove(0);
+            emit(ModelEvent::StepImage {
+                slot,
+                key,
+                step,
+                image,
+            });
+        }
+    }));
+}
+
+/// Reconstructs `image` (any size: centre-cropped and resized to the model's): the trace with
+/// the last step's image only, and what is left to decode (the earlier steps' images, the
+/// teacher's reconstruction).
+pub fn streamed_trace_of(
     model: &LoadedModel,
     key: &TraceKey,
     image: &RgbImage,
     chosen: &ChosenDevice,
-) -> TraceData {
+) -> (TraceData, PendingImages) {
     let (input, _) = center_crop_resize(image, model.config.image_size as u32);
     let pixels = images_to_tensor(std::slice::from_ref(&input), &chosen.device);
     let opts = ReconstructOptions {
         steps: key.steps.max(1),
+        step_images: false,
+        keep_logits: true,
         ..ReconstructOptions::default()
     };
-    let trace = match &key.latent_override {
-        None => reconstruct(&model.model, model.teacher.as_ref(), pixels, &opts),
+    let mut trace = match &key.latent_override {
+        None => reconstruct(&model.model, None, pixels.clone(), &opts),
         Some(ids) => {
             // The token editor: decode from the given latent ids instead of the encoder's.
             let zq = model
@@ -306,19 +492,154 @@ pub fn trace_of(
                 .codebook_entries(ids_tensor(std::slice::from_ref(ids), &chosen.device));
             let mut trace = generate(&model.model, zq, &opts);
             trace.latent_ids = vec![ids.clone()];
-            if let Some(teacher) = &model.teacher {
-                let codes = teacher.encode(pixels);
-                trace.teacher_reconstruction = Some(teacher.decode(codes.clone()));
-                trace.teacher_ids = Some(sftok_core::reconstruct::rows_i64(codes));
-            }
             trace
         }
     };
-    TraceData::from_trace(
+    let last = trace.steps.len();
+    let steps = trace
+        .steps
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| i + 1 < last)
+        .filter_map(|(i, s)| s.logits.take().map(|l| (i + 1, l)))
+        .collect();
+    let mut data = TraceData::from_trace(
         &trace,
         input,
         model.model.decoder.grid,
         model.model.mask_token_id as i64,
         model.config.quantizer.codebook_size,
-    )
+    );
+    data.teacher_pending = model.teacher.is_some();
+    let pending = PendingImages {
+        teacher_input: model.teacher.is_some().then_some(pixels),
+        steps,
+    };
+    (data, pending)
+}
+
+/// Reconstructs `image` with every step's image and the teacher's at once (what the tests and
+/// a caller that needs the whole trace use).
+pub fn trace_of(
+    model: &LoadedModel,
+    key: &TraceKey,
+    image: &RgbImage,
+    chosen: &ChosenDevice,
+) -> TraceData {
+    let (mut data, pending) = streamed_trace_of(model, key, image, chosen);
+    for (step, logits) in pending.steps {
+        data.set_step_image(
+            step,
+            tensor_to_images(step_pixels(&model.model, logits)).remove(0),
+        );
+    }
+    if let (Some(teacher), Some(pixels)) = (&model.teacher, pending.teacher_input) {
+        let (image, ids) = teacher_reconstruction(teacher, pixels);
+        data.set_teacher(
+            tensor_to_images(image).remove(0),
+            ids.into_iter().next().unwrap_or_default(),
+        );
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sftok_core::image_io::load_rgb;
+
+    /// The streamed trace carries the last step's image only and says the teacher's is coming;
+    /// each image decoded afterwards is the very image a trace made at once has (same tensors,
+    /// same operations), and so are the teacher's reconstruction and codes.
+    #[test]
+    fn streamed_images_are_the_ones_a_whole_trace_has() {
+        let chosen = choose_device(DeviceChoice::Cpu).unwrap();
+        let assets = crate::assets::assets_dir();
+        let model = load_model_dir(&assets.join("models/sfvr"), &chosen.device).unwrap();
+        let image = load_rgb(&assets.join("samples/astronaut.png")).unwrap();
+        let key = TraceKey {
+            image_id: 1,
+            steps: 5,
+            latent_override: None,
+        };
+        let (streamed, pending) = streamed_trace_of(&model, &key, &image, &chosen);
+        assert!(streamed.steps[..4].iter().all(|s| s.image.is_none()));
+        assert!(streamed.steps[4].image.is_some());
+        assert!(streamed.teacher_pending && streamed.teacher.is_none());
+        assert_eq!(streamed.psnr_curve().len(), 1);
+        assert_eq!(
+            pending.steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(!streamed.is_complete());
+
+        let completed = trace_of(&model, &key, &image, &chosen);
+        assert!(completed.is_complete());
+        let (input, _) = center_crop_resize(&image, model.config.image_size as u32);
+        let pixels = images_to_tensor(std::slice::from_ref(&input), &chosen.device);
+        let whole = reconstruct(
+            &model.model,
+            model.teacher.as_ref(),
+            pixels,
+            &ReconstructOptions {
+                steps: 5,
+                ..ReconstructOptions::default()
+            },
+        );
+        for (i, step) in whole.steps.iter().enumerate() {
+            let expected = tensor_to_images(step.image.clone().unwrap()).remove(0);
+            assert_eq!(
+                completed.step_image(i + 1),
+                Some(&expected),
+                "step {}",
+                i + 1
+            );
+        }
+        assert_eq!(
+            completed.teacher.as_ref(),
+            Some(&tensor_to_images(whole.teacher_reconstruction.unwrap()).remove(0))
+        );
+        assert_eq!(
+            completed.teacher_ids.as_ref(),
+            whole.teacher_ids.as_ref().map(|t| &t[0])
+        );
+        assert_eq!(completed.psnr_curve().len(), 5);
+    }
+
+    /// A step asked for by the scrubber moves to the front of the images to decode; a newer
+    /// trace's images go before an older one's; loading another model drops the slot's images.
+    #[test]
+    fn preferred_steps_and_newer_traces_are_decoded_first() {
+        let device = burn::tensor::Device::flex();
+        let key = |id| TraceKey {
+            image_id: id,
+            steps: 4,
+            latent_override: None,
+        };
+        let logits = || Tensor::<3>::zeros([1, 4, 4], &device);
+        let pending = || PendingImages {
+            teacher_input: None,
+            steps: (1..4).map(|s| (s, logits())).collect(),
+        };
+        let order = |jobs: &ImageJobs| -> Vec<(u64, usize)> {
+            jobs.queue
+                .iter()
+                .map(|j| match j {
+                    ImageJob::Step { key, step, .. } => (key.image_id, *step),
+                    ImageJob::Teacher { key, .. } => (key.image_id, 0),
+                })
+                .collect()
+        };
+        let mut jobs = ImageJobs::default();
+        jobs.add(Slot::A, &key(1), pending());
+        jobs.add(Slot::B, &key(2), pending());
+        assert_eq!(
+            order(&jobs),
+            [(2, 1), (2, 2), (2, 3), (1, 1), (1, 2), (1, 3)]
+        );
+        jobs.prefer(Slot::A, &key(1), 3);
+        assert_eq!(order(&jobs)[0], (1, 3));
+        jobs.forget_slot(Slot::B);
+        assert_eq!(order(&jobs), [(1, 3), (1, 1), (1, 2)]);
+    }
 }

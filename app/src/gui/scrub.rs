@@ -42,6 +42,9 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     let data = cached.data.clone();
     // Never past the steps this trace has (T and the trace can differ for one frame).
     let step = step.min(data.num_steps()).min(steps.len());
+    if step > 0 && steps[step - 1].is_none() {
+        app.prefer_step(Slot::A, &key, step);
+    }
 
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
@@ -55,15 +58,15 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
             ui.label(if step == 0 {
                 "Step 0: every proxy code masked".to_string()
             } else {
-                format!(
-                    "Step {step}/{}: {:.2} dB",
-                    data.num_steps(),
-                    data.steps[step - 1].psnr_db
-                )
+                match data.steps[step - 1].psnr_db {
+                    Some(db) => format!("Step {step}/{}: {db:.2} dB", data.num_steps()),
+                    None => format!("Step {step}/{}: decoding...", data.num_steps()),
+                }
             });
-            let response = match step {
-                0 => blank_ui(ui),
-                k => image_ui(ui, &steps[k - 1]),
+            let response = match (step, steps.get(step.wrapping_sub(1))) {
+                (0, _) => blank_ui(ui),
+                (_, Some(Some(texture))) => image_ui(ui, texture),
+                _ => decoding_ui(ui),
             };
             if heatmap && step > 0 {
                 let s = &data.steps[step - 1];
@@ -87,6 +90,10 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
             (Some(t), Some(p)) => {
                 ui.label(format!("Teacher: {p:.2} dB"));
                 image_ui(ui, t);
+            }
+            _ if data.teacher_pending => {
+                ui.label("Teacher: decoding...");
+                decoding_ui(ui);
             }
             _ => {
                 ui.label("Teacher: not in this model directory");
@@ -224,6 +231,21 @@ fn blank_ui(ui: &mut egui::Ui) -> egui::Response {
         rect.center(),
         egui::Align2::CENTER_CENTER,
         "nothing decoded yet",
+        egui::FontId::proportional(14.0),
+        Color32::from_gray(160),
+    );
+    response
+}
+
+/// The place of an image the worker is still decoding (it arrives within a frame or two of the
+/// decode; the worker wakes the UI).
+pub fn decoding_ui(ui: &mut egui::Ui) -> egui::Response {
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(IMAGE_SIDE), Sense::hover());
+    ui.painter().rect_filled(rect, 0.0, Color32::from_gray(40));
+    ui.painter().text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "decoding this step...",
         egui::FontId::proportional(14.0),
         Color32::from_gray(160),
     );
@@ -473,10 +495,12 @@ fn headroom_top(
     }
 }
 
+/// The last step of the series (the final step's point is always there, while earlier steps'
+/// points arrive as their images are decoded).
 fn series_len(series: &[(&str, &Vec<[f64; 2]>)]) -> usize {
     series
         .iter()
-        .map(|(_, p)| p.len())
+        .flat_map(|(_, p)| p.iter().map(|point| point[0] as usize))
         .max()
         .unwrap_or(1)
         .max(1)

@@ -1,7 +1,8 @@
 //! A reconstruction trace on the host, in the form the views draw: per step the decoder's current
 //! image, which proxy codes are masked / revealed now / revealed before, their confidences and the
-//! PSNR against the original. Built once per (model, image, T) by the model worker; the UI only
-//! reads it, so scrubbing never touches the device.
+//! PSNR against the original. Built once per (model, image, T) by the model worker, which sends
+//! the final step's image first and each earlier step's image (and the teacher's) as it decodes
+//! them; the UI only reads it, so scrubbing never touches the device.
 
 use image::RgbImage;
 use sftok_core::image_io::{psnr, tensor_to_images};
@@ -20,15 +21,17 @@ pub enum CodeState {
 /// One step of the trace (step k = 1..=T).
 #[derive(Debug, Clone)]
 pub struct StepData {
-    /// What the pixel head makes of this step's logits, 8-bit.
-    pub image: RgbImage,
+    /// What the pixel head makes of this step's logits, 8-bit; `None` until the worker has
+    /// decoded it (the last step's comes with the trace, the others after it).
+    pub image: Option<RgbImage>,
     pub states: Vec<CodeState>,
     /// Confidence of each position's sampled id (`+inf` where it was already known).
     pub confidences: Vec<f32>,
     /// Ids after the step (the mask id where still masked).
     pub ids: Vec<i64>,
     pub revealed_now: usize,
-    pub psnr_db: f64,
+    /// PSNR of `image` against the original, once the image is there.
+    pub psnr_db: Option<f64>,
 }
 
 /// A whole trace for one image.
@@ -40,6 +43,8 @@ pub struct TraceData {
     /// The teacher's own reconstruction of the input.
     pub teacher: Option<RgbImage>,
     pub teacher_psnr_db: Option<f64>,
+    /// The model has a teacher whose reconstruction has not arrived yet.
+    pub teacher_pending: bool,
     /// PSNR of the image's own 4x4 and 8x8 block means (`eval::references`): what a model must
     /// beat to have learnt anything beyond coarse colour.
     pub block_psnr_db: Vec<(u32, f64)>,
@@ -55,7 +60,8 @@ pub struct TraceData {
 }
 
 impl TraceData {
-    /// Converts image 0 of a core trace (which must have been made with `step_images`).
+    /// Converts image 0 of a core trace. Steps without an image (a trace made without
+    /// `step_images`) get theirs later through [`TraceData::set_step_image`].
     pub fn from_trace(
         trace: &Trace,
         original: RgbImage,
@@ -66,11 +72,7 @@ impl TraceData {
         let mut steps = Vec::with_capacity(trace.steps.len());
         let mut committed_before = vec![false; grid * grid];
         for step in &trace.steps {
-            let image = step
-                .image
-                .clone()
-                .map(|t| tensor_to_images(t).remove(0))
-                .unwrap_or_else(|| RgbImage::new(original.width(), original.height()));
+            let image = step.image.clone().map(|t| tensor_to_images(t).remove(0));
             let kept = &step.kept[0];
             let states: Vec<CodeState> = kept
                 .iter()
@@ -89,7 +91,7 @@ impl TraceData {
                 *c |= k;
             }
             steps.push(StepData {
-                psnr_db: psnr(&original, &image),
+                psnr_db: image.as_ref().map(|im| psnr(&original, im)),
                 image,
                 states,
                 confidences: step.confidences[0].clone(),
@@ -103,6 +105,7 @@ impl TraceData {
             .map(|t| tensor_to_images(t).remove(0));
         TraceData {
             teacher_psnr_db: teacher.as_ref().map(|t| psnr(&original, t)),
+            teacher_pending: false,
             block_psnr_db: [4, 8]
                 .into_iter()
                 .map(|b| {
@@ -125,6 +128,34 @@ impl TraceData {
         self.steps.len()
     }
 
+    /// The image of step `step` (1-based) has been decoded.
+    pub fn set_step_image(&mut self, step: usize, image: RgbImage) {
+        if let Some(s) = step.checked_sub(1).and_then(|i| self.steps.get_mut(i)) {
+            s.psnr_db = Some(psnr(&self.original, &image));
+            s.image = Some(image);
+        }
+    }
+
+    /// The teacher's reconstruction and codes have arrived.
+    pub fn set_teacher(&mut self, image: RgbImage, ids: Vec<i64>) {
+        self.teacher_psnr_db = Some(psnr(&self.original, &image));
+        self.teacher = Some(image);
+        self.teacher_ids = Some(ids);
+        self.teacher_pending = false;
+    }
+
+    /// The image of step `step` (1-based), if decoded.
+    pub fn step_image(&self, step: usize) -> Option<&RgbImage> {
+        step.checked_sub(1)
+            .and_then(|i| self.steps.get(i))
+            .and_then(|s| s.image.as_ref())
+    }
+
+    /// Whether every step's image and the teacher's (if any) are here.
+    pub fn is_complete(&self) -> bool {
+        !self.teacher_pending && self.steps.iter().all(|s| s.image.is_some())
+    }
+
     /// Code states after `step` (0: before any step, all masked).
     pub fn states_at(&self, step: usize) -> Vec<CodeState> {
         match step {
@@ -133,12 +164,12 @@ impl TraceData {
         }
     }
 
-    /// PSNR per step, `(step, dB)` for steps 1..=T.
+    /// PSNR per step, `(step, dB)` for the steps 1..=T decoded so far.
     pub fn psnr_curve(&self) -> Vec<[f64; 2]> {
         self.steps
             .iter()
             .enumerate()
-            .map(|(i, s)| [(i + 1) as f64, s.psnr_db.min(100.0)])
+            .filter_map(|(i, s)| Some([(i + 1) as f64, s.psnr_db?.min(100.0)]))
             .collect()
     }
 
