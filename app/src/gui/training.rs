@@ -312,7 +312,20 @@ impl TrainingPanel {
             .show(ui, |ui| {
                 ui.heading("Train");
                 let idle = self.job.is_none();
-                ui.add_enabled_ui(idle, |ui| self.form_ui(ui));
+                match self.job.as_ref().map(|j| &j.kind) {
+                    // The form holds the settings of the user's own runs; greyed out during a
+                    // fine-tune it read as that fine-tune's settings (issue 18).
+                    Some(JobKind::FineTune { base }) => {
+                        ui.label(format!(
+                            "Fine-tuning {} on the gallery's images (stage 3, a short \
+                             schedule). The form for your own runs comes back when it ends.",
+                            base.display()
+                        ));
+                    }
+                    _ => {
+                        ui.add_enabled_ui(idle, |ui| self.form_ui(ui));
+                    }
+                }
                 ui.add_space(6.0);
                 self.buttons_ui(ui, &ctx);
                 ui.separator();

@@ -528,6 +528,21 @@ fn a_fine_tune_opens_beside_its_base() {
     panel
         .start_finetune_in(base.clone(), &sample_images(2), 3, run.clone(), &ctx)
         .unwrap();
+    // While it runs, the view says what runs instead of showing the form's (other) settings.
+    {
+        use egui_kittest::kittest::Queryable;
+        let gallery = sample_images(2);
+        let mut harness = egui_kittest::Harness::builder()
+            .with_size(egui::vec2(1000.0, 1400.0))
+            .build_ui_state(
+                |ui, panel: &mut TrainingPanel| panel.ui(ui, &gallery),
+                panel,
+            );
+        harness.run_steps(2);
+        harness.get_by_label_contains("Fine-tuning");
+        assert!(harness.query_all_by_label("Batch size").next().is_none());
+        panel = harness.into_state();
+    }
     let mut outcomes = Vec::new();
     poll_until(
         &mut panel,
