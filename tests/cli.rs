@@ -73,6 +73,28 @@ fn a_bad_image_is_an_error_message_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A missing image is reported once, with the OS's reason said once, before any model is read
+/// (an official-size model is hundreds of MB: a typo in the image path must not cost that).
+#[test]
+fn a_missing_image_is_said_once_before_the_model_is_read() {
+    let result = sftok()
+        .args(["reconstruct", "--device", "cpu", "/nonexistent/photo.png"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("/nonexistent/photo.png"), "{stderr}");
+    assert!(
+        !stderr.contains("latent tokens"),
+        "the model was loaded first: {stderr}"
+    );
+}
+
 #[test]
 fn a_missing_model_is_an_error_message() {
     let result = sftok()

@@ -25,11 +25,14 @@ const MAX_DECODE_ALLOC: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read {path}: {source}")]
+    // The OS error is part of the message and deliberately not a `#[source]` (nor named
+    // `source`, which thiserror would take as one): the CLI prints errors with their chain
+    // (`{:#}`), which printed it twice ("No such file or directory (os error 2): No such file
+    // or directory (os error 2)", issue 18).
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path} is not an image that can be read ({detail}). Supported formats: JPEG, PNG, WebP, BMP."
@@ -65,9 +68,9 @@ pub enum ImageError {
 /// (alpha is dropped, grey is replicated, 16-bit is scaled down).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     use std::io::Read;
-    let read_err = |source| ImageError::Read {
+    let read_err = |error| ImageError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     // Follows symlinks: a `.png` link to /dev/zero or a FIFO is refused here, before any read
     // (one grew without limit, the other blocked forever).

@@ -55,6 +55,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(tokens) = &args.tokens {
         super::check_writable_file("--tokens", tokens)?;
     }
+    // The image first: a wrong path is said before a (possibly large) model is read.
+    let image = load_rgb(&args.image)?;
     let chosen = super::device(args.device)?;
     let model_dir = args.model.clone().unwrap_or_else(super::default_model_dir);
     let loaded = load_model_dir(&model_dir, &chosen.device)
@@ -68,7 +70,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded.config.num_proxy_codes(),
         chosen.description
     );
-    let image = load_rgb(&args.image)?;
     let (input, _) = center_crop_resize(&image, loaded.config.image_size as u32);
     let pixels = images_to_tensor(std::slice::from_ref(&input), &chosen.device);
     let opts = ReconstructOptions {

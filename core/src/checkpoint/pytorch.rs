@@ -156,13 +156,13 @@ impl RawTensor {
 #[derive(Debug, thiserror::Error)]
 pub enum PyTorchError {
     /// The file could not be opened or read.
-    #[error("could not read `{}`: {source}", .path.display())]
+    #[error("could not read `{}`: {error}", .path.display())]
     Io {
         /// The file given to [`read_pytorch_file`].
         path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error: in the message, not a `#[source]`, so that printing
+        /// the error with its chain (the CLI's `{:#}`) says it once.
+        error: std::io::Error,
     },
 
     /// The input is not a `torch.save` zip archive (empty, other format, bare pickle).
@@ -192,24 +192,23 @@ pub enum PyTorchError {
 
     /// The zip structure itself is broken.
     #[error(
-        "the checkpoint's zip archive is damaged or truncated ({source}); re-download or re-save the file"
+        "the checkpoint's zip archive is damaged or truncated ({error}); re-download or re-save the file"
     )]
     Zip {
-        /// The zip reader's error.
-        #[source]
-        source: ZipError,
+        /// The zip reader's error (in the message, not a `#[source]`: said once by `{:#}`).
+        error: ZipError,
     },
 
     /// An archive entry could not be read (bad checksum, truncation).
     #[error(
-        "could not read `{entry}` from the checkpoint ({source}); the file is damaged or truncated, re-download or re-save it"
+        "could not read `{entry}` from the checkpoint ({error}); the file is damaged or truncated, re-download or re-save it"
     )]
     Entry {
         /// Full entry name inside the archive.
         entry: String,
-        /// The read error (the zip reader reports checksum mismatches here).
-        #[source]
-        source: std::io::Error,
+        /// The read error (the zip reader reports checksum mismatches here; in the message,
+        /// not a `#[source]`: said once by `{:#}`).
+        error: std::io::Error,
     },
 
     /// An archive entry inflates to more than it can legitimately hold (a zip bomb, or not a
@@ -325,9 +324,9 @@ type Result<T, E = PyTorchError> = std::result::Result<T, E>;
 /// The file is read through the zip index, so only `data.pkl` and the
 /// storages that are actually referenced are loaded.
 pub fn read_pytorch_file(path: &Path) -> Result<Vec<RawTensor>> {
-    let io_err = |source| PyTorchError::Io {
+    let io_err = |error| PyTorchError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = File::open(path).map_err(io_err)?;
     let mut head = Vec::with_capacity(SNIFF_LEN);
@@ -431,7 +430,7 @@ const MAX_UNTRUSTED_PREALLOC: u64 = 64 << 20;
 
 impl<R: Read + Seek> Archive<R> {
     fn open(reader: R, source_len: u64) -> Result<Self> {
-        let zip = ZipArchive::new(reader).map_err(|source| PyTorchError::Zip { source })?;
+        let zip = ZipArchive::new(reader).map_err(|error| PyTorchError::Zip { error })?;
         let prefix = find_prefix(&zip)?;
         let mut archive = Archive {
             zip,
@@ -486,7 +485,7 @@ impl<R: Read + Seek> Archive<R> {
                     hint: "the checkpoint is incomplete; re-download or re-save it",
                 });
             }
-            Err(source) => return Err(PyTorchError::Zip { source }),
+            Err(error) => return Err(PyTorchError::Zip { error }),
         };
         // Reserve once for the usual stored (uncompressed) entry, but never
         // more than the archive could hold, so a lying header cannot make
@@ -501,9 +500,9 @@ impl<R: Read + Seek> Archive<R> {
             EntryLimit::AtMost(most, _) | EntryLimit::Prefix(most) => most,
         };
         let reserve = usize::try_from(declared.min(prealloc).min(most)).unwrap_or(usize::MAX);
-        let entry_err = |source| PyTorchError::Entry {
+        let entry_err = |error| PyTorchError::Entry {
             entry: name.clone(),
-            source,
+            error,
         };
         let mut buf = Vec::new();
         buf.try_reserve_exact(reserve)
