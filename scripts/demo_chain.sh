@@ -72,7 +72,11 @@ for part in "$@"; do
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       teacher=teacher
       [ -e "$RUNS/teacher2/model/teacher.safetensors" ] && teacher=teacher2
-      cp "$RUNS/$teacher/model/config.json" "$RUNS/$teacher/model/teacher.safetensors" assets/models/teacher/
+      # A chain continued from the bundled models (sfvr3c / vanilla3c) has no teacher run: the
+      # bundled teacher stays.
+      if [ -e "$RUNS/$teacher/model/teacher.safetensors" ]; then
+        cp "$RUNS/$teacher/model/config.json" "$RUNS/$teacher/model/teacher.safetensors" assets/models/teacher/
+      fi
       for m in sfvr vanilla; do
         run="$RUNS/${m}3"
         [ -e "$RUNS/${m}3b/model/model.safetensors" ] && run="$RUNS/${m}3b"

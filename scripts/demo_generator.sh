@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 source scripts/common.sh
 
-STEPS=${STEPS:-4000}
+STEPS=${STEPS:-2000}
 TOKENIZER=${TOKENIZER:-assets/models/sfvr}
 CLASSES=${CLASSES:-$RUNS/generator-data}
 
