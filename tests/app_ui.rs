@@ -246,14 +246,16 @@ fn a_typed_path_opens_an_image_or_a_folder() {
         h.state_mut().path_entry = Some(typed);
         h.step();
         h.get_by_label("Open path").click();
-        h.step();
+        // The message bar is a new panel: egui lays it out over a frame or two before its text
+        // is in the accessibility tree (one step was not always enough).
+        h.run_steps(4);
         h.get_by_label_contains(expected);
         assert_eq!(h.state().gallery.images.len(), before);
     }
     h.state_mut().path_entry = Some(folder.display().to_string());
     h.step();
     h.get_by_label("Open path").click();
-    h.step();
+    h.run_steps(2);
     wait_until(&mut h, "the folder's images", |a| {
         a.gallery.images.len() == before + 2
     });

@@ -128,6 +128,11 @@ pub unsafe fn prefer_best_core_at_startup() {
 /// `sftok` binary sets the variable before anything runs ([`prefer_best_core_at_startup`]);
 /// elsewhere (tests, a library user) a library that reports more than one thread when it is
 /// opened is refused, with what to set.
+///
+/// Not the whole cause: on a 2-core AMD EPYC (Zen 4, AVX-512, SkylakeX kernels) the same binary
+/// with `OPENBLAS_NUM_THREADS=1` still aborted at exit in 3 of 114 runs (2026-12-07), and without
+/// the library (`SFTOK_BLAS=off`) in 2 of 55: the exit-time abort is not this library's alone
+/// (README, issue 19).
 pub const OWN_POOL: &str = "OpenBLAS started its own thread pool, with which the program's heap      was corrupted in about 1 run in 40: set OPENBLAS_NUM_THREADS=1 before the program starts      (the sftok binary does this itself)";
 
 /// Why the last library that was found is not used, if one was refused.
