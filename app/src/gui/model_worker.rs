@@ -347,27 +347,56 @@ pub struct PendingImages {
     steps: Vec<(usize, Tensor<3>)>,
 }
 
-enum ImageJob {
-    Teacher {
-        slot: Slot,
-        key: TraceKey,
-        pixels: Tensor<4>,
-    },
-    Step {
-        slot: Slot,
-        key: TraceKey,
-        step: usize,
-        logits: Tensor<3>,
-    },
+/// One image of a trace still to decode.
+struct ImageJob {
+    slot: Slot,
+    key: TraceKey,
+    work: ImageWork,
 }
 
-impl ImageJob {
-    fn is_of(&self, s: Slot, k: &TraceKey) -> bool {
+enum ImageWork {
+    /// The teacher's reconstruction of the model's input.
+    Teacher(Tensor<4>),
+    /// The pixel head's image of a step's logits (step 1-based).
+    Step(usize, Tensor<3>),
+}
+
+/// A decoded image of a trace.
+enum Decoded {
+    Teacher { image: RgbImage, ids: Vec<i64> },
+    Step { step: usize, image: RgbImage },
+}
+
+impl ImageWork {
+    /// Decodes image 0 (`None` for a teacher job of a model without a teacher).
+    fn decode(self, model: &LoadedModel) -> Option<Decoded> {
         match self {
-            ImageJob::Teacher { slot, key, .. } | ImageJob::Step { slot, key, .. } => {
-                *slot == s && key == k
+            ImageWork::Teacher(pixels) => {
+                let (image, ids) = teacher_reconstruction(model.teacher.as_ref()?, pixels);
+                Some(Decoded::Teacher {
+                    image: tensor_to_images(image).remove(0),
+                    ids: ids.into_iter().next().unwrap_or_default(),
+                })
             }
+            ImageWork::Step(step, logits) => Some(Decoded::Step {
+                step,
+                image: tensor_to_images(step_pixels(&model.model, logits)).remove(0),
+            }),
         }
+    }
+}
+
+impl PendingImages {
+    /// The teacher (shown beside the final image) first, then the steps from the first.
+    fn into_work(self) -> impl Iterator<Item = ImageWork> {
+        self.teacher_input
+            .map(ImageWork::Teacher)
+            .into_iter()
+            .chain(
+                self.steps
+                    .into_iter()
+                    .map(|(step, logits)| ImageWork::Step(step, logits)),
+            )
     }
 }
 
@@ -386,25 +415,17 @@ impl ImageJobs {
         self.queue.pop_front()
     }
 
-    /// A new trace's images go before every older trace's: the teacher (shown beside the
-    /// final image), then the steps from the first.
+    /// A new trace's images go before every older trace's, in [`PendingImages::into_work`]'s
+    /// order.
     fn add(&mut self, slot: Slot, key: &TraceKey, pending: PendingImages) {
-        let mut new: Vec<ImageJob> = Vec::new();
-        if let Some(pixels) = pending.teacher_input {
-            new.push(ImageJob::Teacher {
+        let new: Vec<ImageJob> = pending
+            .into_work()
+            .map(|work| ImageJob {
                 slot,
                 key: key.clone(),
-                pixels,
-            });
-        }
-        for (step, logits) in pending.steps {
-            new.push(ImageJob::Step {
-                slot,
-                key: key.clone(),
-                step,
-                logits,
-            });
-        }
+                work,
+            })
+            .collect();
         for job in new.into_iter().rev() {
             self.queue.push_front(job);
         }
@@ -413,7 +434,7 @@ impl ImageJobs {
     /// Moves the job of `step` of this trace to the front.
     fn prefer(&mut self, slot: Slot, key: &TraceKey, step: usize) {
         let found = self.queue.iter().position(|j| {
-            matches!(j, ImageJob::Step { step: s, .. } if *s == step) && j.is_of(slot, key)
+            j.slot == slot && &j.key == key && matches!(j.work, ImageWork::Step(s, _) if s == step)
         });
         if let Some(job) = found.and_then(|i| self.queue.remove(i)) {
             self.queue.push_front(job);
@@ -421,48 +442,33 @@ impl ImageJobs {
     }
 
     fn forget_slot(&mut self, slot: Slot) {
-        self.queue.retain(|j| match j {
-            ImageJob::Teacher { slot: s, .. } | ImageJob::Step { slot: s, .. } => *s != slot,
-        });
+        self.queue.retain(|j| j.slot != slot);
     }
 }
 
 fn run_image_job(job: ImageJob, models: &HashMap<Slot, LoadedModel>, emit: &impl Fn(ModelEvent)) {
-    let slot = match &job {
-        ImageJob::Teacher { slot, .. } | ImageJob::Step { slot, .. } => *slot,
-    };
+    let ImageJob { slot, key, work } = job;
     let Some(model) = models.get(&slot) else {
         return;
     };
     // A failure here loses one image of a trace that is already shown; the view keeps saying
     // that it is being decoded rather than the app going down.
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-        ImageJob::Teacher { slot, key, pixels } => {
-            if let Some(teacher) = &model.teacher {
-                let (image, ids) = teacher_reconstruction(teacher, pixels);
-                emit(ModelEvent::Teacher {
-                    slot,
-                    key,
-                    image: tensor_to_images(image).remove(0),
-                    ids: ids.into_iter().next().unwrap_or_default(),
-                });
-            }
-        }
-        ImageJob::Step {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.decode(model)));
+    match decoded {
+        Ok(Some(Decoded::Teacher { image, ids })) => emit(ModelEvent::Teacher {
+            slot,
+            key,
+            image,
+            ids,
+        }),
+        Ok(Some(Decoded::Step { step, image })) => emit(ModelEvent::StepImage {
             slot,
             key,
             step,
-            logits,
-        } => {
-            let image = tensor_to_images(step_pixels(&model.model, logits)).remove(0);
-            emit(ModelEvent::StepImage {
-                slot,
-                key,
-                step,
-                image,
-            });
-        }
-    }));
+            image,
+        }),
+        Ok(None) | Err(_) => {}
+    }
 }
 
 /// Reconstructs `image` (any size: centre-cropped and resized to the model's): the trace with
@@ -527,18 +533,12 @@ pub fn trace_of(
     chosen: &ChosenDevice,
 ) -> TraceData {
     let (mut data, pending) = streamed_trace_of(model, key, image, chosen);
-    for (step, logits) in pending.steps {
-        data.set_step_image(
-            step,
-            tensor_to_images(step_pixels(&model.model, logits)).remove(0),
-        );
-    }
-    if let (Some(teacher), Some(pixels)) = (&model.teacher, pending.teacher_input) {
-        let (image, ids) = teacher_reconstruction(teacher, pixels);
-        data.set_teacher(
-            tensor_to_images(image).remove(0),
-            ids.into_iter().next().unwrap_or_default(),
-        );
+    for work in pending.into_work() {
+        match work.decode(model) {
+            Some(Decoded::Teacher { image, ids }) => data.set_teacher(image, ids),
+            Some(Decoded::Step { step, image }) => data.set_step_image(step, image),
+            None => {}
+        }
     }
     data
 }
@@ -624,9 +624,9 @@ mod tests {
         let order = |jobs: &ImageJobs| -> Vec<(u64, usize)> {
             jobs.queue
                 .iter()
-                .map(|j| match j {
-                    ImageJob::Step { key, step, .. } => (key.image_id, *step),
-                    ImageJob::Teacher { key, .. } => (key.image_id, 0),
+                .map(|j| match j.work {
+                    ImageWork::Step(step, _) => (j.key.image_id, step),
+                    ImageWork::Teacher(_) => (j.key.image_id, 0),
                 })
                 .collect()
         };

@@ -224,32 +224,28 @@ pub fn image_ui(ui: &mut egui::Ui, texture: &TextureHandle) -> egui::Response {
     ui.add(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(IMAGE_SIDE)))
 }
 
-fn blank_ui(ui: &mut egui::Ui) -> egui::Response {
+/// An image's place with a note in it: before any step ("nothing decoded yet"), or while the
+/// worker still decodes the image (it wakes the UI when the image arrives).
+fn placeholder_ui(ui: &mut egui::Ui, note: &str) -> egui::Response {
     let (rect, response) = ui.allocate_exact_size(Vec2::splat(IMAGE_SIDE), Sense::hover());
     ui.painter().rect_filled(rect, 0.0, Color32::from_gray(40));
     ui.painter().text(
         rect.center(),
         egui::Align2::CENTER_CENTER,
-        "nothing decoded yet",
+        note,
         egui::FontId::proportional(14.0),
         Color32::from_gray(160),
     );
     response
 }
 
-/// The place of an image the worker is still decoding (it arrives within a frame or two of the
-/// decode; the worker wakes the UI).
+fn blank_ui(ui: &mut egui::Ui) -> egui::Response {
+    placeholder_ui(ui, "nothing decoded yet")
+}
+
+/// The place of an image the worker is still decoding.
 pub fn decoding_ui(ui: &mut egui::Ui) -> egui::Response {
-    let (rect, response) = ui.allocate_exact_size(Vec2::splat(IMAGE_SIDE), Sense::hover());
-    ui.painter().rect_filled(rect, 0.0, Color32::from_gray(40));
-    ui.painter().text(
-        rect.center(),
-        egui::Align2::CENTER_CENTER,
-        "decoding this step...",
-        egui::FontId::proportional(14.0),
-        Color32::from_gray(160),
-    );
-    response
+    placeholder_ui(ui, "decoding this step...")
 }
 
 /// The full original with the square that the model sees outlined.
