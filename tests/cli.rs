@@ -200,3 +200,47 @@ fn a_bad_device_list_for_training_is_an_error_message() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn a_run_that_cannot_start_names_the_flag_to_change() {
+    let out = temp_dir("plan-words");
+    let samples = repo().join("assets/samples");
+    let no_teacher = out.join("empty");
+    std::fs::create_dir_all(&no_teacher).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["stage2"],
+            "pass --init (a stage-1 run or a model directory)",
+        ),
+        (&["stage1"], "pass --teacher"),
+        (
+            &["stage1", "--teacher", no_teacher.to_str().unwrap()],
+            "holds no teacher (teacher.safetensors): --teacher takes a teacher run",
+        ),
+        (&["teacher", "--batch-size", "64"], "lower --batch-size to"),
+    ];
+    for (args, says) in cases {
+        let result = sftok()
+            .arg("train")
+            .args(args)
+            .args(["--steps", "1", "--device", "cpu"])
+            .args(if args.contains(&"--batch-size") {
+                &[][..]
+            } else {
+                &["--batch-size", "2"][..]
+            })
+            .arg("--data")
+            .arg(&samples)
+            .arg("--out")
+            .arg(out.join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !out.join("run").join("checkpoints").exists(),
+            "{args:?}: nothing starts"
+        );
+    }
+}

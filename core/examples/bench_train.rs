@@ -21,12 +21,13 @@ use sftok_core::config::SftokConfig;
 use sftok_core::device::{DeviceChoice, choose_device};
 use sftok_core::model::{Sftok, Vqgan};
 use sftok_core::reconstruct::rows_i64;
-use sftok_core::train::masking::{MaskDraw, Stage2Inputs};
+use sftok_core::train::masking::MaskDraw;
 use sftok_core::train::optim::{AdamW, AdamWConfig, clip_coefficient, grad_norm};
 use sftok_core::train::pixel_step::stage3_forward;
+use sftok_core::train::sfvr::Stage2Inputs;
+use sftok_core::train::stages::pixel::freeze_for_stage3;
 use sftok_core::train::teacher_step::teacher_forward;
 use sftok_core::train::token_step::{TokenStage, token_step};
-use sftok_core::train::trainer::freeze_for_stage3;
 
 use common::{arg, median, peak_rss_mib};
 

@@ -34,11 +34,21 @@ pub enum SftokError {
     PyTorch(#[from] crate::checkpoint::pytorch::PyTorchError),
     #[error("device: {0}")]
     Device(String),
+    /// What a run asks for does not fit (a missing teacher, a folder that does not exist...):
+    /// front ends word it for their controls ([`crate::train::plan::PlanError`]).
+    #[error("{0}")]
+    Plan(Box<crate::train::plan::PlanError>),
     #[error("{0}")]
     Other(String),
 }
 
 pub type Result<T, E = SftokError> = std::result::Result<T, E>;
+
+impl From<crate::train::plan::PlanError> for SftokError {
+    fn from(e: crate::train::plan::PlanError) -> Self {
+        SftokError::Plan(Box::new(e))
+    }
+}
 
 impl SftokError {
     /// A failed read (or a failed look at an input).

@@ -46,7 +46,7 @@ fn tiny_config(stage: StageKind, data: &Path, steps: u64) -> TrainConfig {
     c.preview_every = 0;
     c.checkpoint_every = 1000;
     c.warmup_steps = 1;
-    c.gan.start_step = u64::MAX;
+    c.gan.start_step = None;
     c
 }
 
@@ -481,7 +481,7 @@ fn the_discriminator_trains_from_its_start_step_and_resumes_exactly() {
     let data = image_folder("gan-data", 8);
     let config = |steps| {
         let mut c = tiny_config(StageKind::Teacher, &data, steps);
-        c.gan.start_step = 1;
+        c.gan.start_step = Some(1);
         c.checkpoint_every = 2;
         c
     };

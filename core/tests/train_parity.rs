@@ -13,8 +13,9 @@ use sftok_core::checkpoint::build_sftok;
 use sftok_core::checkpoint::files::read_safetensors_bytes;
 use sftok_core::checkpoint::state::{StateDict, param_ids};
 use sftok_core::config::SftokConfig;
-use sftok_core::train::masking::{MaskDraw, Stage2Inputs, mask_ratio};
+use sftok_core::train::masking::{MaskDraw, mask_ratio};
 use sftok_core::train::optim::grad_norm;
+use sftok_core::train::sfvr::Stage2Inputs;
 use sftok_core::train::token_step::{TokenStage, token_step};
 
 fn fixture_dir() -> PathBuf {

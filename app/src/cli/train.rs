@@ -9,7 +9,7 @@ use sftok_core::DeviceChoice;
 use sftok_core::generator::GeneratorConfig;
 use sftok_core::train::config::PerceptualWeights;
 use sftok_core::train::generator_trainer::{GeneratorTrainConfig, train_generator};
-use sftok_core::train::plan::{RunPlan, TeacherCodebook};
+use sftok_core::train::plan::{PlanError, PlanInput, RunPlan, TeacherCodebook, previous};
 use sftok_core::train::{StageKind, StopHandle, TrainConfig, TrainEvent, train_data_parallel};
 
 /// What `sftok train` trains: a stage of the tokenizer, or the class-to-image generator.
@@ -234,7 +234,61 @@ impl Args {
 
 /// The run configuration of a tokenizer stage ([`RunPlan::config`], which the app calls too).
 pub fn config_from_args(args: &Args) -> anyhow::Result<TrainConfig> {
-    Ok(args.plan()?.config()?)
+    args.plan()?
+        .config()
+        .map_err(|e| anyhow::anyhow!(cli_words(&e)))
+}
+
+/// What is wrong with a run, and which flag to change.
+pub fn cli_words(e: &PlanError) -> String {
+    let flag = |input: &PlanInput| match input {
+        PlanInput::Data => "--data",
+        PlanInput::Teacher => "--teacher",
+        PlanInput::Init => "--init",
+    };
+    match e {
+        PlanError::Missing { input, .. } => format!("{e}: check {}", flag(input)),
+        PlanError::NotAFolder { input, .. } => format!("{e}: {} takes a folder", flag(input)),
+        PlanError::NoTeacher { .. } => format!(
+            "{e}: --teacher takes a teacher run (`sftok train teacher`), or a model directory made by `sftok import --teacher`"
+        ),
+        PlanError::CannotStart { stage, .. } => match stage {
+            StageKind::Teacher => format!("{e}: --init takes a teacher run or a model directory"),
+            StageKind::Stage1 => format!("{e}: --init takes a stage-1 run or a model directory"),
+            _ => format!(
+                "{e}: --init takes the stage-{} run or a model directory",
+                previous(*stage)
+            ),
+        },
+        PlanError::BatchLargerThanData { images, .. } => format!(
+            "{e}: lower --batch-size to {} or add images",
+            (*images).max(1)
+        ),
+        PlanError::NeedsTeacher {
+            init_has_none: false,
+            ..
+        } => format!("{e}: pass --teacher (a teacher run or an imported official teacher)"),
+        PlanError::NeedsTeacher {
+            init_has_none: true,
+            ..
+        } => format!("{e}: the --init run carries no teacher, so pass --teacher too"),
+        PlanError::NeedsInit { stage } => format!(
+            "{e}: pass --init (a stage-{} run or a model directory)",
+            previous(*stage)
+        ),
+        PlanError::RunExists { .. } => {
+            format!("{e}: pass --resume to continue it, or choose another --out")
+        }
+        PlanError::Unreadable { .. } | PlanError::Model(_) => e.to_string(),
+    }
+}
+
+/// A library error as the command line says it: a run's planning errors name the flags.
+fn cli_error(e: sftok_core::SftokError) -> anyhow::Error {
+    match e {
+        sftok_core::SftokError::Plan(p) => anyhow::anyhow!(cli_words(&p)),
+        other => other.into(),
+    }
 }
 
 /// `sftok train generator`: the run's configuration from the flags.
@@ -278,7 +332,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = match &generator {
         Some(_) => None,
-        None => Some(config_from_args(&args)?),
+        None => {
+            // A resumed run keeps its own configuration: only a new one is checked.
+            if !args.resume {
+                args.plan()?
+                    .check()
+                    .map_err(|e| anyhow::anyhow!(cli_words(&e)))?;
+            }
+            Some(config_from_args(&args)?)
+        }
     };
     let chosen: Vec<sftok_core::ChosenDevice> = match &args.devices {
         Some(_) if generator.is_some() => {
@@ -420,7 +482,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             train_generator(g, &args.out, args.resume, &devices[0], &mut emit, &stop)?;
         }
         (None, Some(config)) => {
-            train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)?;
+            train_data_parallel(config, &args.out, args.resume, &devices, &mut emit, &stop)
+                .map_err(cli_error)?;
         }
         (None, None) => unreachable!("a configuration was built above"),
     };

@@ -55,7 +55,7 @@ pub struct StudioApp {
     pub edit: TokenEdit,
     pub training: TrainingPanel,
     /// The Generate view's generator and its last result.
-    pub generation: super::generate::GenerateState,
+    pub generation: super::views::generate::GenerateState,
     /// Messages for the user (errors say what to do), newest last.
     pub messages: Vec<Message>,
     pub device: String,
@@ -597,17 +597,17 @@ impl eframe::App for StudioApp {
             View::Reconstruct => {
                 egui::ScrollArea::both()
                     .id_salt("reconstruct-scroll")
-                    .show(ui, |ui| super::scrub::view_ui(self, ui));
+                    .show(ui, |ui| super::views::reconstruct::view_ui(self, ui));
             }
             View::Compare => {
                 egui::ScrollArea::both()
                     .id_salt("compare-scroll")
-                    .show(ui, |ui| super::compare::view_ui(self, ui));
+                    .show(ui, |ui| super::views::compare::view_ui(self, ui));
             }
             View::Generate => {
                 egui::ScrollArea::both()
                     .id_salt("generate-scroll")
-                    .show(ui, |ui| super::generate::view_ui(self, ui));
+                    .show(ui, |ui| super::views::generate::view_ui(self, ui));
             }
             View::Train => {
                 let paths = self.gallery.paths();

@@ -3,25 +3,24 @@
 //!
 //! Layout of the code: [`app::StudioApp`] owns the persisted [`settings::Settings`], the
 //! [`gallery::Gallery`], the [`model_worker::ModelWorker`] (a thread that owns the device and the
-//! models) and the [`training::TrainingPanel`] (a thread per run). Views are functions over the app
-//! state (`scrub`, `compare`, `generate`); traces come back from the worker as plain host data
+//! models) and the [`training::TrainingPanel`] (a thread per run, the Train view's controller).
+//! The views, in [`views`], draw the app's state and turn clicks into commands: reconstruct,
+//! compare, generate, train. Traces come back from the worker as plain host data
 //! ([`trace_data::TraceData`]) and become textures once, so scrubbing is instant.
 
 pub mod app;
-pub mod compare;
 pub mod dialogs;
 pub mod gallery;
-pub mod generate;
 pub mod generation_data;
 pub mod gpu_grid;
 pub mod model_worker;
 pub mod palette;
-pub mod scrub;
 pub mod settings;
 pub mod textures;
 pub mod token_grid;
 pub mod trace_data;
 pub mod training;
+pub mod views;
 
 pub use app::StudioApp;
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::masking::Stage2Inputs;
 use super::optim::AdamWConfig;
+use super::sfvr::Stage2Inputs;
 use crate::config::SftokConfig;
 
 /// Which model a run trains, and how.
@@ -61,14 +61,29 @@ pub struct PerceptualWeights {
 /// The adversarial terms (teacher and stage 3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GanConfig {
-    /// Step from which the discriminator trains and its loss counts; `u64::MAX` turns it off.
-    pub start_step: u64,
+    /// Step from which the discriminator trains and its loss counts; `None`: no adversarial
+    /// loss and no discriminator at all.
+    #[serde(deserialize_with = "start_step_or_off")]
+    pub start_step: Option<u64>,
     /// Weight of the generator's adversarial loss.
     pub weight: f64,
     /// Weight of the LeCam regulariser of the discriminator.
     pub lecam_weight: f64,
     /// Discriminator learning rate.
     pub lr: f64,
+}
+
+impl GanConfig {
+    /// Whether the adversarial loss counts at `step` (0-based).
+    pub fn is_on_at(&self, step: u64) -> bool {
+        self.start_step.is_some_and(|start| step >= start)
+    }
+}
+
+/// Reads `start_step` as written now (`null` or a step) and as run folders written before it
+/// was an option hold it (`u64::MAX` for "off"), so that those runs still resume.
+fn start_step_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.filter(|&s| s != u64::MAX))
 }
 
 /// Everything that defines a run.
@@ -177,17 +192,13 @@ impl TrainConfig {
                 // reconstruction fidelity (PSNR against the block-mean and k-means references),
                 // which the adversarial term lowers, and on a few hundred photos the
                 // discriminator wins within a few hundred steps. Stage 3 keeps the paper's.
-                start_step: if stage == StageKind::Teacher {
-                    u64::MAX
-                } else {
-                    steps / 2
-                },
+                start_step: (stage == StageKind::Stage3).then_some(steps / 2),
                 weight: if stage == StageKind::Stage3 { 0.5 } else { 0.1 },
                 lecam_weight: 0.001,
                 lr,
             },
             _ => GanConfig {
-                start_step: u64::MAX,
+                start_step: None,
                 weight: 0.0,
                 lecam_weight: 0.0,
                 lr: 0.0,
@@ -228,5 +239,41 @@ impl TrainConfig {
             eval_data: None,
             eval_every: 250,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gan_turned_off_by_an_older_run_folder_reads_as_none() {
+        let read = |start: &str| {
+            let text = format!(
+                r#"{{"start_step": {start}, "weight": 0.1, "lecam_weight": 0.001, "lr": 1e-4}}"#
+            );
+            serde_json::from_str::<GanConfig>(&text).unwrap().start_step
+        };
+        assert_eq!(read("18446744073709551615"), None);
+        assert_eq!(read("null"), None);
+        assert_eq!(read("250"), Some(250));
+        let on = GanConfig {
+            start_step: Some(3),
+            weight: 0.1,
+            lecam_weight: 0.0,
+            lr: 0.0,
+        };
+        assert!(!on.is_on_at(2) && on.is_on_at(3));
+        let written = serde_json::to_string(&GanConfig {
+            start_step: None,
+            ..on
+        })
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<GanConfig>(&written)
+                .unwrap()
+                .start_step,
+            None
+        );
     }
 }

@@ -130,34 +130,7 @@ pub fn train_generator(
     config.validate()?;
     run.create()?;
 
-    // The tokenizer fixes the token layout; the data fixes the classes.
-    let tokenizer = load_model_dir(&config.tokenizer, device)?;
-    let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
-    let views = Views {
-        image_size: tokenizer.config.image_size,
-        views: config.views,
-        max_scale: config.max_scale,
-        seed: config.seed,
-    };
-    let data = prepare_tokens(
-        &run.root,
-        &folder,
-        &tokenizer.model,
-        &views,
-        device,
-        &mut |done, total| {
-            emit(TrainEvent::Metrics(serde_json::json!({
-                "tokenizing": done, "of": total
-            })))
-        },
-    )?;
-    drop(tokenizer.model);
-    let tok = &tokenizer.config;
-    config.model.codebook_size = tok.quantizer.codebook_size;
-    config.model.image_seq_len = tok.num_latent_tokens;
-    config.model.condition_num_classes = data.class_names.len().max(1);
-    config.model.class_names = data.class_names.clone();
-    config.model.validate()?;
+    let data = tokenize_data(&mut config, &run, device, emit)?;
     run.write_config(&config)?;
 
     let ad = device.clone().autodiff();
@@ -172,20 +145,7 @@ pub fn train_generator(
     let mut start = 0;
     let mut resumed_from = None;
     if resume && let Some((step, path)) = &latest {
-        let state = RunDir::read_checkpoint(path)?;
-        let weights = RunDir::read_checkpoint_file(path, "model.safetensors")?;
-        model = load_state_dict(model, weights, &ad, path)?;
-        optim.load_state_dict(
-            &RunDir::read_checkpoint_file(path, "optim.safetensors")?,
-            state.step,
-            &ad,
-        );
-        ema.load_state_dict(
-            &RunDir::read_checkpoint_file(path, "ema.safetensors")?,
-            state.ema_updates,
-            &ad,
-        );
-        start = state.step;
+        (model, start) = restore(path, model, &mut optim, &mut ema, &ad)?;
         resumed_from = Some(*step);
     }
     emit(TrainEvent::Started {
@@ -221,32 +181,15 @@ pub fn train_generator(
                 stopped: true,
             });
         }
-        let mut rng =
-            StdRng::seed_from_u64(config.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let picks: Vec<usize> = (0..config.batch_size)
-            .map(|_| rng.random_range(0..data.train.ids.len()))
-            .collect();
-        let tokens: Vec<Vec<i64>> = picks.iter().map(|&i| data.train.ids[i].clone()).collect();
-        let classes: Vec<Option<usize>> = picks.iter().map(|&i| data.train.classes[i]).collect();
-        let draws = GeneratorDraws::sample(&mut rng, tokens.len(), tokens[0].len());
-        let out = generator_step(
-            &model,
-            &tokens,
-            &classes,
-            &draws,
-            config.model.class_label_dropout,
-        );
-        let loss = out.loss.clone().into_scalar::<f32>() as f64;
-        let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        let norm = grad_norm(&model, &grads);
         let lr = schedule.lr(step);
-        model = optim.step(
-            model,
-            &mut grads,
-            lr,
-            clip_coefficient(norm, config.max_grad_norm),
-        );
+        let done;
+        (model, done) = train_step(model, &mut optim, &data, &config, step, lr);
         ema.update(&model);
+        let StepDone {
+            loss,
+            correct_tokens,
+            grad_norm: norm,
+        } = done;
         step += 1;
         let elapsed = started.elapsed().as_secs_f64();
         let per_step = elapsed / (step - start) as f64;
@@ -259,7 +202,7 @@ pub fn train_generator(
         });
         if step % config.log_every.max(1) == 0 {
             let row = serde_json::json!({
-                "step": step, "loss": loss, "masked_token_accuracy": out.correct_tokens,
+                "step": step, "loss": loss, "masked_token_accuracy": correct_tokens,
                 "lr": lr, "grad_norm": norm,
             });
             run.append_metrics(&row)?;
@@ -287,6 +230,120 @@ pub fn train_generator(
         model_dir,
         stopped: false,
     })
+}
+
+/// Tokenizes the training images with the run's tokenizer (cached in the run folder) and fits
+/// the generator's configuration to them: the tokenizer fixes the token layout, the data fixes
+/// the classes.
+fn tokenize_data(
+    config: &mut GeneratorTrainConfig,
+    run: &RunDir,
+    device: &burn::tensor::Device,
+    emit: &mut dyn FnMut(TrainEvent),
+) -> Result<GeneratorData> {
+    let tokenizer = load_model_dir(&config.tokenizer, device)?;
+    let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let views = Views {
+        image_size: tokenizer.config.image_size,
+        views: config.views,
+        max_scale: config.max_scale,
+        seed: config.seed,
+    };
+    let data = prepare_tokens(
+        &run.root,
+        &folder,
+        &tokenizer.model,
+        &views,
+        device,
+        &mut |done, total| {
+            emit(TrainEvent::Metrics(serde_json::json!({
+                "tokenizing": done, "of": total
+            })))
+        },
+    )?;
+    let tok = &tokenizer.config;
+    config.model.codebook_size = tok.quantizer.codebook_size;
+    config.model.image_seq_len = tok.num_latent_tokens;
+    config.model.condition_num_classes = data.class_names.len().max(1);
+    config.model.class_names = data.class_names.clone();
+    config.model.validate()?;
+    Ok(data)
+}
+
+/// Restores the weights, optimiser and EMA of the checkpoint folder `path`; returns the model
+/// and the step it holds.
+fn restore(
+    path: &Path,
+    model: ImageBert,
+    optim: &mut AdamW,
+    ema: &mut Ema,
+    ad: &burn::tensor::Device,
+) -> Result<(ImageBert, u64)> {
+    let state = RunDir::read_checkpoint(path)?;
+    let weights = RunDir::read_checkpoint_file(path, "model.safetensors")?;
+    let model = load_state_dict(model, weights, ad, path)?;
+    optim.load_state_dict(
+        &RunDir::read_checkpoint_file(path, "optim.safetensors")?,
+        state.step,
+        ad,
+    );
+    ema.load_state_dict(
+        &RunDir::read_checkpoint_file(path, "ema.safetensors")?,
+        state.ema_updates,
+        ad,
+    );
+    Ok((model, state.step))
+}
+
+/// What one optimiser step measured.
+struct StepDone {
+    loss: f64,
+    correct_tokens: f32,
+    /// Before clipping.
+    grad_norm: f64,
+}
+
+/// One optimiser step on a batch drawn (with its masks) from the RNG of step `step`.
+fn train_step(
+    model: ImageBert,
+    optim: &mut AdamW,
+    data: &GeneratorData,
+    config: &GeneratorTrainConfig,
+    step: u64,
+    lr: f64,
+) -> (ImageBert, StepDone) {
+    let mut rng =
+        StdRng::seed_from_u64(config.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let picks: Vec<usize> = (0..config.batch_size)
+        .map(|_| rng.random_range(0..data.train.ids.len()))
+        .collect();
+    let tokens: Vec<Vec<i64>> = picks.iter().map(|&i| data.train.ids[i].clone()).collect();
+    let classes: Vec<Option<usize>> = picks.iter().map(|&i| data.train.classes[i]).collect();
+    let draws = GeneratorDraws::sample(&mut rng, tokens.len(), tokens[0].len());
+    let out = generator_step(
+        &model,
+        &tokens,
+        &classes,
+        &draws,
+        config.model.class_label_dropout,
+    );
+    let loss = out.loss.clone().into_scalar::<f32>() as f64;
+    let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+    let norm = grad_norm(&model, &grads);
+    let model = optim.step(
+        model,
+        &mut grads,
+        lr,
+        clip_coefficient(norm, config.max_grad_norm),
+    );
+    (
+        model,
+        StepDone {
+            loss,
+            correct_tokens: out.correct_tokens,
+            grad_norm: norm,
+        },
+    )
 }
 
 /// Held-out masked-token loss and accuracy with the live and the EMA weights, at fixed masking

@@ -1,6 +1,7 @@
 //! The random masking of stages 2 and 3 (`MultiStepDecoder.masking_tokens`, official
 //! `blocks_multistep.py` l.346-400), with the random draws as explicit inputs so that a step can
-//! be replayed exactly (and checked against the official fixtures).
+//! be replayed exactly (and checked against the official fixtures). What the unmasked positions
+//! then hold (SFVR's replacement, or the truth) is in [`super::sfvr`].
 
 use rand::Rng;
 
@@ -63,73 +64,6 @@ pub fn mask_from_perm(perm_rand: &[f32], num: usize) -> Vec<bool> {
     order.iter().map(|&idx| idx < num).collect()
 }
 
-/// What unmasked positions hold in stage 2.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum Stage2Inputs {
-    /// SFVR: the model's own first-step prediction M1, with probability `replace_prob`, else the
-    /// true code.
-    SelfForcing { replace_prob: f32 },
-    /// The ablation: the true proxy codes (teacher forcing).
-    Vanilla,
-}
-
-use serde::{Deserialize, Serialize};
-
-/// Decoder inputs and masks of one stage-2 step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MaskedInputs {
-    pub ids: Vec<Vec<i64>>,
-    pub mask: Vec<Vec<bool>>,
-    pub num_masked: Vec<usize>,
-    pub should_replace: Vec<Vec<bool>>,
-}
-
-/// Builds the decoder input of a stage-2 step from the proxy codes, the first-step prediction M1
-/// (unused by vanilla) and the draws.
-pub fn stage2_inputs(
-    proxy: &[Vec<i64>],
-    m1: &[Vec<i64>],
-    draw: &MaskDraw,
-    mode: Stage2Inputs,
-    mask_id: i64,
-) -> MaskedInputs {
-    let n = proxy.first().map_or(0, Vec::len);
-    let mut out = MaskedInputs {
-        ids: Vec::new(),
-        mask: Vec::new(),
-        num_masked: Vec::new(),
-        should_replace: Vec::new(),
-    };
-    for b in 0..proxy.len() {
-        let num = num_masked(n, mask_ratio(draw.timesteps[b]));
-        let mask = mask_from_perm(&draw.perm_rand[b], num);
-        let replace: Vec<bool> = match mode {
-            Stage2Inputs::SelfForcing { replace_prob } => draw.replace_rand[b]
-                .iter()
-                .map(|&u| u < replace_prob)
-                .collect(),
-            Stage2Inputs::Vanilla => vec![false; n],
-        };
-        let ids = (0..n)
-            .map(|j| {
-                if mask[j] {
-                    mask_id
-                } else if replace[j] {
-                    m1[b][j]
-                } else {
-                    proxy[b][j]
-                }
-            })
-            .collect();
-        out.ids.push(ids);
-        out.mask.push(mask);
-        out.num_masked.push(num);
-        out.should_replace.push(replace);
-    }
-    out
-}
-
 /// CE weights: 1 on masked positions, `unmasked_weight` (0.1) elsewhere.
 pub fn loss_weights(mask: &[Vec<bool>], unmasked_weight: f32) -> Vec<Vec<f32>> {
     mask.iter()
@@ -162,55 +96,6 @@ mod tests {
             mask_from_perm(&[0.3, 0.1, 0.2], 1),
             vec![false, false, true]
         );
-    }
-
-    #[test]
-    fn masked_count_follows_the_drawn_ratio() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        use rand::SeedableRng;
-        for _ in 0..50 {
-            let draw = MaskDraw::sample(&mut rng, 4, 64);
-            let proxy = vec![vec![1i64; 64]; 4];
-            let inputs = stage2_inputs(&proxy, &proxy, &draw, Stage2Inputs::Vanilla, 99);
-            for b in 0..4 {
-                let want = num_masked(64, mask_ratio(draw.timesteps[b]));
-                assert_eq!(inputs.mask[b].iter().filter(|&&m| m).count(), want);
-                assert_eq!(inputs.ids[b].iter().filter(|&&id| id == 99).count(), want);
-            }
-        }
-    }
-
-    #[test]
-    fn sfvr_with_p1_puts_m1_and_vanilla_the_truth_at_unmasked_positions() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        use rand::SeedableRng;
-        let draw = MaskDraw::sample(&mut rng, 3, 32);
-        let proxy: Vec<Vec<i64>> = (0..3)
-            .map(|b| (0..32).map(|j| (b * 32 + j) as i64).collect())
-            .collect();
-        let m1: Vec<Vec<i64>> = proxy
-            .iter()
-            .map(|r| r.iter().map(|x| x + 1000).collect())
-            .collect();
-        let sfvr = stage2_inputs(
-            &proxy,
-            &m1,
-            &draw,
-            Stage2Inputs::SelfForcing { replace_prob: 1.0 },
-            -1,
-        );
-        let vanilla = stage2_inputs(&proxy, &m1, &draw, Stage2Inputs::Vanilla, -1);
-        for b in 0..3 {
-            for j in 0..32 {
-                if sfvr.mask[b][j] {
-                    assert_eq!(sfvr.ids[b][j], -1);
-                } else {
-                    assert_eq!(sfvr.ids[b][j], m1[b][j]);
-                    assert_eq!(vanilla.ids[b][j], proxy[b][j]);
-                }
-            }
-        }
-        assert_eq!(sfvr.mask, vanilla.mask);
     }
 
     #[test]

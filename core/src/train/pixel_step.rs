@@ -6,7 +6,8 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::masking::{MaskDraw, Stage2Inputs, stage2_inputs};
+use super::masking::MaskDraw;
+use super::sfvr::{Stage2Inputs, stage2_inputs};
 use super::token_step::first_step_prediction;
 use crate::config::AssignmentMode;
 use crate::model::Sftok;

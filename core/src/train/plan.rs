@@ -4,15 +4,127 @@
 //! [`RunPlan::config`]; neither knows how a stage's model size, teacher and starting checkpoint
 //! combine, which is decided here once. Options left `None` take the stage's defaults
 //! ([`TrainConfig::for_stage`]).
+//!
+//! [`RunPlan::check`] looks at the folders a run names before anything starts, and what is wrong
+//! comes back as a [`PlanError`]: each front end words it for its own controls (the command line
+//! names its flags, the app its fields), so neither rewrites the other's messages.
 
 use std::path::{Path, PathBuf};
 
 use super::config::{PerceptualWeights, StageKind, TrainConfig};
-use super::masking::Stage2Inputs;
-use super::trainer::model_config_of;
+use super::sfvr::Stage2Inputs;
+use super::starting_point::model_config_of;
 use crate::checkpoint::model_dir::carries_teacher;
+use crate::checkpoint::{MODEL_FILE, TEACHER_FILE};
 use crate::config::SftokConfig;
-use crate::error::{Result, SftokError};
+use crate::error::SftokError;
+
+/// A folder a run names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanInput {
+    /// The training images.
+    Data,
+    /// The teacher whose codes stages 1 and 2 learn.
+    Teacher,
+    /// The run or model directory the stage starts from.
+    Init,
+}
+
+impl std::fmt::Display for PlanInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PlanInput::Data => "data folder",
+            PlanInput::Teacher => "teacher",
+            PlanInput::Init => "starting checkpoint",
+        })
+    }
+}
+
+/// What is wrong with a planned run. The messages say what is wrong in the library's words;
+/// front ends say what to do in theirs (a flag to pass, a field to fill).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the {input} {} does not exist", path.display())]
+    Missing { input: PlanInput, path: PathBuf },
+    #[error("the {input} {} is not a folder", path.display())]
+    NotAFolder { input: PlanInput, path: PathBuf },
+    #[error("{} holds no teacher ({TEACHER_FILE})", path.display())]
+    NoTeacher { path: PathBuf },
+    /// The starting checkpoint lacks the weights `stage` starts from.
+    #[error("{} cannot start {stage}: it holds no {}", path.display(), needed_file(*stage))]
+    CannotStart { path: PathBuf, stage: StageKind },
+    #[error(
+        "the batch size ({batch}) is larger than the {images} image(s) in {}",
+        data.display()
+    )]
+    BatchLargerThanData {
+        batch: usize,
+        images: usize,
+        data: PathBuf,
+    },
+    /// Stages 1 and 2 learn the teacher's codes; `init_has_none`: a starting checkpoint was
+    /// given but carries no teacher.
+    #[error("{stage} learns the teacher's codes and no teacher was given")]
+    NeedsTeacher {
+        stage: StageKind,
+        init_has_none: bool,
+    },
+    /// Stages 2 and 3 continue the previous stage.
+    #[error("{stage} continues stage {} and no starting checkpoint was given", previous(*stage))]
+    NeedsInit { stage: StageKind },
+    /// A new run's folder already holds one (resume it, or choose another folder).
+    #[error("{} already holds a run with checkpoints", path.display())]
+    RunExists { path: PathBuf },
+    /// A teacher's or starting checkpoint's configuration could not be read.
+    #[error("reading the configuration of the {input} {}: {error}", path.display())]
+    Unreadable {
+        input: PlanInput,
+        path: PathBuf,
+        error: SftokError,
+    },
+    /// The model configuration (an unknown preset, say).
+    #[error(transparent)]
+    Model(#[from] SftokError),
+}
+
+/// The file a starting checkpoint must hold for `stage`.
+fn needed_file(stage: StageKind) -> &'static str {
+    if stage == StageKind::Teacher {
+        TEACHER_FILE
+    } else {
+        MODEL_FILE
+    }
+}
+
+/// The stage a stage continues (0 for the ones that start afresh).
+pub fn previous(stage: StageKind) -> u8 {
+    match stage {
+        StageKind::Stage2 => 1,
+        StageKind::Stage3 => 2,
+        _ => 0,
+    }
+}
+
+/// `input` at `path` is a folder, or the error that says what it is instead.
+fn check_folder(input: PlanInput, path: &Path) -> Result<(), PlanError> {
+    if path.is_dir() {
+        Ok(())
+    } else if path.exists() {
+        Err(PlanError::NotAFolder {
+            input,
+            path: path.to_path_buf(),
+        })
+    } else {
+        Err(PlanError::Missing {
+            input,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn has_model(path: &Path) -> bool {
+    path.join(MODEL_FILE).is_file() || path.join("model").join(MODEL_FILE).is_file()
+}
 
 /// How the codebook of a teacher run learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,12 +209,11 @@ impl RunPlan {
 
     /// The model this run trains: a starting checkpoint's (so that its weights fit), else the
     /// preset, with a stage-1 teacher's proxy-code vocabulary.
-    fn model(&self) -> Result<SftokConfig> {
-        let reading = |what: &str, path: &Path, e: SftokError| {
-            SftokError::Other(format!(
-                "reading the configuration of the {what} {}: {e}",
-                path.display()
-            ))
+    fn model(&self) -> Result<SftokConfig, PlanError> {
+        let reading = |input: PlanInput, path: &Path, error: SftokError| PlanError::Unreadable {
+            input,
+            path: path.to_path_buf(),
+            error,
         };
         match (&self.init, &self.teacher, self.stage) {
             // A stage that starts from a run takes that run's model configuration (stage 1 and
@@ -110,22 +221,81 @@ impl RunPlan {
             // model the weights do not fit; a demo teacher continued under the tiny preset's
             // codebook size collapsed to 7 codes within 200 steps).
             (Some(init), _, _) => {
-                model_config_of(init).map_err(|e| reading("starting checkpoint", init, e))
+                model_config_of(init).map_err(|e| reading(PlanInput::Init, init, e))
             }
             (_, Some(teacher), StageKind::Stage1) => {
                 let mut c = SftokConfig::preset(&self.preset)?;
                 // The teacher fixes the proxy-code vocabulary and grid.
                 c.vqgan = model_config_of(teacher)
-                    .map_err(|e| reading("teacher", teacher, e))?
+                    .map_err(|e| reading(PlanInput::Teacher, teacher, e))?
                     .vqgan;
                 Ok(c)
             }
-            _ => SftokConfig::preset(&self.preset),
+            _ => Ok(SftokConfig::preset(&self.preset)?),
+        }
+    }
+
+    /// Checks the folders the run names and that the stage has what it starts from, before
+    /// anything is read or started.
+    pub fn check(&self) -> Result<(), PlanError> {
+        check_folder(PlanInput::Data, &self.data)?;
+        // Refused here, before anything starts, rather than by the loader after the run has
+        // appeared to begin.
+        if let Ok(folder) = crate::data::ImageFolder::scan(&self.data)
+            && folder.paths().len() < self.batch_size.max(1)
+        {
+            return Err(PlanError::BatchLargerThanData {
+                batch: self.batch_size,
+                images: folder.paths().len(),
+                data: self.data.clone(),
+            });
+        }
+        if let Some(teacher) = &self.teacher {
+            check_folder(PlanInput::Teacher, teacher)?;
+            if !carries_teacher(teacher) {
+                return Err(PlanError::NoTeacher {
+                    path: teacher.clone(),
+                });
+            }
+        }
+        if let Some(init) = &self.init {
+            check_folder(PlanInput::Init, init)?;
+            let fits = if self.stage == StageKind::Teacher {
+                carries_teacher(init)
+            } else {
+                has_model(init)
+            };
+            if !fits {
+                return Err(PlanError::CannotStart {
+                    path: init.clone(),
+                    stage: self.stage,
+                });
+            }
+        }
+        match (self.stage, &self.init) {
+            (StageKind::Stage1, _) if self.teacher.is_none() && self.init.is_none() => {
+                Err(PlanError::NeedsTeacher {
+                    stage: self.stage,
+                    init_has_none: false,
+                })
+            }
+            (StageKind::Stage2 | StageKind::Stage3, None) => {
+                Err(PlanError::NeedsInit { stage: self.stage })
+            }
+            (StageKind::Stage1 | StageKind::Stage2, Some(init))
+                if self.teacher.is_none() && !carries_teacher(init) =>
+            {
+                Err(PlanError::NeedsTeacher {
+                    stage: self.stage,
+                    init_has_none: true,
+                })
+            }
+            _ => Ok(()),
         }
     }
 
     /// The run's configuration.
-    pub fn config(&self) -> Result<TrainConfig> {
+    pub fn config(&self) -> Result<TrainConfig, PlanError> {
         let mut config =
             TrainConfig::for_stage(self.stage, self.model()?, self.data.clone(), self.steps);
         config.teacher = self.teacher.clone();
@@ -157,10 +327,8 @@ impl RunPlan {
         }
         config.seed = self.seed;
         config.max_scale = self.max_scale;
-        match self.gan_start {
-            Some(None) => config.gan.start_step = u64::MAX,
-            Some(Some(s)) => config.gan.start_step = s,
-            None => {}
+        if let Some(start) = self.gan_start {
+            config.gan.start_step = start;
         }
         if let Some(p) = &self.perceptual {
             config.perceptual = Some(p.clone());

@@ -29,7 +29,7 @@ pub const STATE_FILE: &str = "state.json";
 pub const EXTRA_FILE: &str = "extra.json";
 
 /// Where training resumes: everything that is not a tensor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResumeState {
     /// Completed optimiser steps.
     pub step: u64,
@@ -269,10 +269,10 @@ impl RunDir {
             })?;
             keep(saved, requested)
         } else if latest.is_some() {
-            return Err(SftokError::Other(format!(
-                "{} already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
-                self.root.display()
-            )));
+            return Err(crate::train::plan::PlanError::RunExists {
+                path: self.root.clone(),
+            }
+            .into());
         } else {
             requested
         };

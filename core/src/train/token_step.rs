@@ -6,7 +6,8 @@ use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::masking::{MaskDraw, MaskedInputs, Stage2Inputs, loss_weights, stage2_inputs};
+use super::masking::{MaskDraw, loss_weights};
+use super::sfvr::{MaskedInputs, Stage2Inputs, stage2_inputs};
 use crate::config::AssignmentMode;
 use crate::model::Sftok;
 use crate::reconstruct::{ids_tensor, rows_i64};

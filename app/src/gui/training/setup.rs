@@ -9,36 +9,66 @@ use sftok_core::train::run_dir::RunDir;
 use sftok_core::train::{StageKind, TrainConfig};
 
 use super::TrainSettings;
-use sftok_core::train::plan::RunPlan;
+use sftok_core::SftokError;
+use sftok_core::train::plan::{PlanError, RunPlan, previous};
 
 /// Length of the one-click fine-tune.
 pub const FINETUNE_STEPS: u64 = 50;
 
-/// Rewords the trainer's command-line vocabulary for the app.
-pub fn gui_words(message: &str) -> String {
-    const WORDS: &[(&str, &str)] = &[
-        (
-            "pass --resume to continue it, or choose another --out",
-            "press Resume to continue it, or choose another run folder",
+/// A planning error in the app's words: what is wrong, and which field or button fixes it.
+pub fn plan_words(e: &PlanError) -> String {
+    match e {
+        PlanError::Missing { .. } => format!("{e} (moved or deleted?): choose it again"),
+        PlanError::NotAFolder { .. } => format!("{e}: choose a folder"),
+        PlanError::NoTeacher { .. } => format!(
+            "{e}: choose a teacher run (made by the `teacher` stage) or a model folder that includes its teacher"
         ),
-        ("pass --teacher", "choose a Teacher"),
-        ("pass --init", "choose a Starting checkpoint"),
-        ("--teacher", "the Teacher"),
-        ("--init", "the Starting checkpoint"),
-        ("--out", "the run folder"),
-        (" (--lr)", ""),
-    ];
-    WORDS
-        .iter()
-        .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
+        PlanError::CannotStart { stage, .. } => {
+            let wanted = match stage {
+                StageKind::Teacher => {
+                    format!("a teacher run or a model folder with {TEACHER_FILE}")
+                }
+                StageKind::Stage1 => format!("a stage-1 run or a model folder with {MODEL_FILE}"),
+                _ => format!(
+                    "the stage-{} run (or a model folder with {MODEL_FILE})",
+                    previous(*stage)
+                ),
+            };
+            format!("{e}: choose {wanted} as the Starting checkpoint")
+        }
+        PlanError::BatchLargerThanData { images, .. } => format!(
+            "{e}: lower Batch size to {} or add images",
+            (*images).max(1)
+        ),
+        PlanError::NeedsTeacher {
+            init_has_none: false,
+            ..
+        } => format!("{e}: choose a Teacher (a teacher run, or an imported official teacher)"),
+        PlanError::NeedsTeacher {
+            init_has_none: true,
+            ..
+        } => format!("{e}: the Starting checkpoint carries no teacher, so choose a Teacher too"),
+        PlanError::NeedsInit { stage } => format!(
+            "{e}: choose its run (stage {}) as the Starting checkpoint",
+            previous(*stage)
+        ),
+        PlanError::RunExists { .. } => {
+            format!("{e}: press Resume to continue it, or choose another run folder")
+        }
+        PlanError::Unreadable { .. } | PlanError::Model(_) => e.to_string(),
+    }
+}
+
+/// A library error in the app's words (planning errors name the app's fields).
+pub fn gui_error(e: &SftokError) -> String {
+    match e {
+        SftokError::Plan(p) => plan_words(p),
+        other => other.to_string(),
+    }
 }
 
 fn has_teacher(path: &Path) -> bool {
     sftok_core::checkpoint::model_dir::carries_teacher(path)
-}
-
-fn has_model(path: &Path) -> bool {
-    path.join(MODEL_FILE).is_file() || path.join("model").join(MODEL_FILE).is_file()
 }
 
 fn check_folder(path: &Path, what: &str) -> Result<(), String> {
@@ -54,90 +84,12 @@ fn check_folder(path: &Path, what: &str) -> Result<(), String> {
     }
 }
 
-fn check_teacher(path: &Path) -> Result<(), String> {
-    check_folder(path, "teacher")?;
-    if has_teacher(path) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} holds no teacher ({TEACHER_FILE}): choose a teacher run (made by the `teacher` stage) or a model folder that includes its teacher",
-            path.display()
-        ))
-    }
-}
-
-fn check_init(path: &Path, stage: StageKind) -> Result<(), String> {
-    check_folder(path, "starting checkpoint")?;
-    let ok = if stage == StageKind::Teacher {
-        has_teacher(path)
-    } else {
-        has_model(path)
-    };
-    if ok {
-        return Ok(());
-    }
-    let wanted = match stage {
-        StageKind::Teacher => format!("a teacher run or a model folder with {TEACHER_FILE}"),
-        StageKind::Stage1 => format!("a stage-1 run or a model folder with {MODEL_FILE}"),
-        StageKind::Stage2 => format!("the stage-1 run (or a model folder with {MODEL_FILE})"),
-        StageKind::Stage3 => format!("the stage-2 run (or a model folder with {MODEL_FILE})"),
-    };
-    Err(format!(
-        "{} cannot start {stage}: choose {wanted} as the Starting checkpoint",
-        path.display()
-    ))
-}
-
 /// The configuration of a new run from the view's settings, after checking the folders.
 pub fn config_from_settings(s: &TrainSettings) -> Result<TrainConfig, String> {
     let data = s
         .data
         .as_deref()
         .ok_or("choose a data folder (the images to train on) first")?;
-    check_folder(data, "data folder")?;
-    // Refused here, before anything starts, rather than by the loader after the run has
-    // appeared to begin ("step 0 / 30" with nothing happening).
-    if let Ok(folder) = sftok_core::data::ImageFolder::scan(data)
-        && folder.paths().len() < s.batch_size.max(1)
-    {
-        return Err(format!(
-            "the batch size ({}) is larger than the {} image(s) in {}: lower Batch size to {} or add images",
-            s.batch_size,
-            folder.paths().len(),
-            data.display(),
-            folder.paths().len().max(1)
-        ));
-    }
-    if let Some(teacher) = &s.teacher {
-        check_teacher(teacher)?;
-    }
-    if let Some(init) = &s.init {
-        check_init(init, s.stage)?;
-    }
-    match s.stage {
-        StageKind::Stage1 if s.teacher.is_none() => {
-            return Err(
-                "stage 1 learns the teacher's codes: choose a Teacher (a teacher run, or an imported official teacher)"
-                    .into(),
-            );
-        }
-        StageKind::Stage2 | StageKind::Stage3 if s.init.is_none() => {
-            return Err(format!(
-                "{} continues the previous stage: choose its run (stage {}) as the Starting checkpoint",
-                s.stage,
-                if s.stage == StageKind::Stage2 { 1 } else { 2 }
-            ));
-        }
-        StageKind::Stage2
-            if s.teacher.is_none() && s.init.as_deref().is_some_and(|i| !has_teacher(i)) =>
-        {
-            return Err(
-                "stage 2 needs the teacher's codes and the Starting checkpoint carries no teacher: choose a Teacher too"
-                    .into(),
-            );
-        }
-        _ => {}
-    }
     let mut plan = RunPlan::new(s.stage, data);
     plan.preset = s.preset.clone();
     plan.teacher = s.teacher.clone();
@@ -151,7 +103,8 @@ pub fn config_from_settings(s: &TrainSettings) -> Result<TrainConfig, String> {
     plan.checkpoint_every = s.checkpoint_every.max(1);
     // Ticked: on from half-way, for the teacher too (whose command-line default is off).
     plan.gan_start = Some((!s.no_gan).then_some(plan.steps / 2));
-    plan.config().map_err(|e| gui_words(&e.to_string()))
+    plan.check().map_err(|e| plan_words(&e))?;
+    plan.config().map_err(|e| plan_words(&e))
 }
 
 /// The configuration to resume the run in `run_dir` with: its own, at least `steps` long (the
@@ -345,7 +298,7 @@ pub fn finetune_config(
     plan.preview_every = (steps / 5).max(1);
     plan.checkpoint_every = steps.max(1);
     plan.keep_checkpoints = 1;
-    plan.config().map_err(|e| gui_words(&e.to_string()))
+    plan.config().map_err(|e| plan_words(&e))
 }
 
 /// The UTC time as `YYYYMMDD-HHMMSS`.

@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sftok_core::train::StageKind;
-use sftok_core::train::masking::Stage2Inputs;
 use sftok_core::train::run_dir::RunDir;
+use sftok_core::train::sfvr::Stage2Inputs;
 use sftok_core::{DeviceChoice, SftokConfig};
 
 use super::setup::{
     check_finetune_base, check_new_run_dir, config_from_settings, finetune_config, gather_images,
-    gui_words, resume_config, timestamp,
+    gui_error, resume_config, timestamp,
 };
 use super::*;
 use crate::cli::train::{Args, config_from_args};
+use crate::gui::views::train::thin;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/samples");
 const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/models/default");
@@ -84,7 +85,7 @@ fn a_teacher_continued_from_a_model_takes_its_configuration() {
     let mut args = Args::with_defaults(StageKind::Teacher, Path::new("d"), Path::new("o")).unwrap();
     args.init = Some(teacher.clone());
     let config = config_from_args(&args).unwrap();
-    let bundled = sftok_core::train::trainer::model_config_of(&teacher).unwrap();
+    let bundled = sftok_core::train::starting_point::model_config_of(&teacher).unwrap();
     assert_eq!(
         config.model.vqgan.num_embeddings,
         bundled.vqgan.num_embeddings
@@ -108,7 +109,7 @@ fn default_settings_are_the_command_lines() {
     // The GAN: off by default in both (the form's tick means on; the teacher's CLI default is
     // off, and `--gan-start` turns it on).
     assert!(s.no_gan);
-    assert_eq!(config_from_args(&args).unwrap().gan.start_step, u64::MAX);
+    assert_eq!(config_from_args(&args).unwrap().gan.start_step, None);
     assert_eq!(args.data, Path::new("d"));
     assert_eq!(args.out, Path::new("o"));
     // The run the app plans from nothing is the command line's with no flags.
@@ -197,9 +198,9 @@ fn configurations_from_settings() {
         (c.steps, c.batch_size, c.data.as_path()),
         (40, 3, data.as_path())
     );
-    assert_eq!(c.gan.start_step, u64::MAX, "the GAN is off unless ticked");
+    assert_eq!(c.gan.start_step, None, "the GAN is off unless ticked");
     s.no_gan = false;
-    assert_eq!(config_from_settings(&s).unwrap().gan.start_step, 20);
+    assert_eq!(config_from_settings(&s).unwrap().gan.start_step, Some(20));
     s.no_gan = true;
 
     // Stage 1 needs a teacher, and takes its code grid.
@@ -274,17 +275,50 @@ fn run_folders_and_resume() {
 }
 
 #[test]
-fn trainer_words_become_the_apps() {
-    let m = gui_words(
-        "/r already holds a run with checkpoints; pass --resume to continue it, or choose another --out",
-    );
-    assert_eq!(
-        m,
-        "/r already holds a run with checkpoints; press Resume to continue it, or choose another run folder"
-    );
-    let m = gui_words("stage2 starts from the previous stage: pass --init (a stage-1 run)");
+fn the_trainers_errors_name_the_apps_controls() {
+    // A new run over a folder that holds one: the trainer's own refusal, worded for the app.
+    let run = temp_dir("words");
+    let data = data_folder("words-data", 4);
+    let s = TrainSettings {
+        data: Some(data),
+        steps: 3,
+        batch_size: 4,
+        ..TrainSettings::default()
+    };
+    let config = write_run_config(&run, &s);
+    let ckpt = run.join("checkpoints/step_00000002");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    let e = sftok_core::train::train(
+        config.clone(),
+        &run,
+        false,
+        &burn::tensor::Device::flex(),
+        &mut |_| {},
+        &sftok_core::train::StopHandle::new(),
+    )
+    .unwrap_err();
+    let m = gui_error(&e);
     assert!(
-        m.ends_with("choose a Starting checkpoint (a stage-1 run)"),
+        m.ends_with("already holds a run with checkpoints: press Resume to continue it, or choose another run folder"),
+        "{m}"
+    );
+    // Stage 2 without its starting checkpoint, refused by the trainer itself.
+    let mut stage2 = config;
+    stage2.stage = StageKind::Stage2;
+    stage2.teacher = Some(PathBuf::from(DEFAULT_MODEL));
+    let e = sftok_core::train::train(
+        stage2,
+        &temp_dir("words-stage2"),
+        false,
+        &burn::tensor::Device::flex(),
+        &mut |_| {},
+        &sftok_core::train::StopHandle::new(),
+    )
+    .unwrap_err();
+    let m = gui_error(&e);
+    assert!(
+        m.ends_with("choose its run (stage 1) as the Starting checkpoint") && !m.contains("--"),
         "{m}"
     );
 }
@@ -313,7 +347,7 @@ fn fine_tune_preparation() {
     assert_eq!(c.teacher.as_deref(), Some(base.as_path()));
     assert_eq!(c.data, run.join("data"));
     assert_eq!((c.steps, c.batch_size, c.warmup_steps), (50, 3, 5));
-    assert_eq!(c.gan.start_step, u64::MAX);
+    assert_eq!(c.gan.start_step, None);
     assert_eq!(finetune_config(&base, &run, 20, 50).unwrap().batch_size, 8);
 
     let dir = super::setup::finetune_run_dir_in(&run, &base);

@@ -59,7 +59,7 @@ impl Worker {
                         &mut emit,
                         &thread_stop,
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| super::setup::gui_error(&e))
                 }))
                 .unwrap_or_else(|panic| {
                     Err(format!(

@@ -3,13 +3,13 @@
 
 use egui::TextureOptions;
 
-use super::app::{Messages, StudioApp};
-use super::gallery::rgb_to_color_image;
-use super::model_worker::Slot;
-use super::scrub::{
+use super::reconstruct::{
     decoding_ui, image_ui, model_picker_ui, psnr_plot_ui, scrubber_ui, status_of_trace,
 };
-use super::trace_data::{difference_gain, difference_image};
+use crate::gui::app::{Messages, StudioApp};
+use crate::gui::gallery::rgb_to_color_image;
+use crate::gui::model_worker::Slot;
+use crate::gui::trace_data::{difference_gain, difference_image};
 
 pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     model_picker_ui(app, ui, Slot::A, "A");

@@ -1,18 +1,18 @@
 //! The Generate view: class, guidance, temperature, seed and count; the samples; for the chosen
 //! one, the latent-token strip filling in over the generator's steps (each token coloured by the
 //! probability it was sampled with), then the decoder's steps as a scrubber over its images.
-//! The generation itself runs on the model worker ([`super::generation_data`]).
+//! The generation itself runs on the model worker ([`crate::gui::generation_data`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use egui::{Color32, RichText, Sense, TextureHandle, TextureOptions, Vec2, vec2};
 
-use super::app::{Messages, StudioApp};
-use super::gallery::rgb_to_color_image;
-use super::generation_data::{GenerateRequest, GenerationData, TokenState};
-use super::model_worker::{GeneratorInfo, ModelCommand, Slot};
-use super::token_grid::heat_colour;
+use crate::gui::app::{Messages, StudioApp};
+use crate::gui::gallery::rgb_to_color_image;
+use crate::gui::generation_data::{GenerateRequest, GenerationData, TokenState};
+use crate::gui::model_worker::{GeneratorInfo, ModelCommand, Slot};
+use crate::gui::token_grid::heat_colour;
 
 /// Side of a sample's thumbnail and of the decoder's step image, in points.
 const THUMB: f32 = 96.0;
@@ -141,7 +141,7 @@ fn generator_line_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
         }
         if ui.button("Load generator...").clicked() {
-            match super::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
+            match crate::gui::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
                 Ok(Some(dir)) => load_generator(app, dir),
                 Ok(None) => {}
                 Err(e) => app.messages.push_error(e),
@@ -319,7 +319,7 @@ fn results_ui(app: &mut StudioApp, ui: &mut egui::Ui, data: &GenerationData) {
         let dialog = rfd::FileDialog::new()
             .set_file_name("generated.png")
             .add_filter("PNG", &["png"]);
-        match super::dialogs::run(|| dialog.save_file()) {
+        match crate::gui::dialogs::run(|| dialog.save_file()) {
             Ok(Some(path)) => match sftok_core::image_io::save_png(&data.grid(), &path) {
                 Ok(()) => app.messages.push_info(format!("Saved {}", path.display())),
                 Err(e) => app

@@ -4,10 +4,10 @@
 use egui::{Color32, RichText, Sense, Stroke, TextureHandle, Vec2, pos2, vec2};
 use egui_plot::{Line, Plot, PlotPoints, Points, VLine};
 
-use super::app::{Messages, StudioApp};
-use super::model_worker::{Slot, TraceKey};
-use super::token_grid::{GridCells, cell_at, cell_rect, paint_grid};
-use super::trace_data::CodeState;
+use crate::gui::app::{Messages, StudioApp};
+use crate::gui::model_worker::{Slot, TraceKey};
+use crate::gui::token_grid::{GridCells, cell_at, cell_rect, paint_grid};
+use crate::gui::trace_data::CodeState;
 
 /// Displayed side of the model's images (they are small; drawn magnified, pixel-exact).
 pub const IMAGE_SIDE: f32 = 224.0;
@@ -76,14 +76,19 @@ pub fn view_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
                     confidences: &s.confidences,
                 };
                 if !(gpu
-                    && super::gpu_grid::paint_grid_gpu(ui.painter(), response.rect, &cells, true))
+                    && crate::gui::gpu_grid::paint_grid_gpu(
+                        ui.painter(),
+                        response.rect,
+                        &cells,
+                        true,
+                    ))
                 {
                     paint_grid(ui.painter(), response.rect, &cells, true);
                 }
             }
             ui.checkbox(&mut app.settings.show_heatmap, "Confidence heatmap");
             if heatmap && step > 0 {
-                super::token_grid::heat_scale_ui(ui, &data.steps[step - 1].confidences);
+                crate::gui::token_grid::heat_scale_ui(ui, &data.steps[step - 1].confidences);
             }
         });
         ui.vertical(|ui| match (&teacher, data.teacher_psnr_db) {
@@ -159,7 +164,7 @@ pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label
             .button(format!("Load model into {}...", slot.name()))
             .clicked()
         {
-            match super::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
+            match crate::gui::dialogs::run(|| rfd::FileDialog::new().pick_folder()) {
                 Ok(Some(dir)) => app.load_model(slot, dir),
                 Ok(None) => {}
                 Err(e) => app.messages.push_error(e),
@@ -293,7 +298,7 @@ fn crop_preview(
     );
     let tex = ctx.load_texture(
         format!("full-{image_id}"),
-        super::gallery::rgb_to_color_image(&small),
+        crate::gui::gallery::rgb_to_color_image(&small),
         egui::TextureOptions::LINEAR,
     );
     // The crop is in the original's pixels; the overlay scales by the texture's size.
@@ -304,7 +309,7 @@ fn crop_preview(
 }
 
 /// The grid of proxy codes at `step`, with a tooltip per cell.
-fn grid_ui(ui: &mut egui::Ui, data: &super::trace_data::TraceData, step: usize, gpu: bool) {
+fn grid_ui(ui: &mut egui::Ui, data: &crate::gui::trace_data::TraceData, step: usize, gpu: bool) {
     let side = 200.0;
     let (rect, response) = ui.allocate_exact_size(Vec2::splat(side), Sense::hover());
     let states = data.states_at(step);
@@ -318,7 +323,7 @@ fn grid_ui(ui: &mut egui::Ui, data: &super::trace_data::TraceData, step: usize, 
         states: &states,
         confidences: &confidences,
     };
-    if !(gpu && super::gpu_grid::paint_grid_gpu(ui.painter(), rect, &cells, false)) {
+    if !(gpu && crate::gui::gpu_grid::paint_grid_gpu(ui.painter(), rect, &cells, false)) {
         paint_grid(ui.painter(), rect, &cells, false);
     }
     if let Some(pos) = response.hover_pos()
@@ -365,9 +370,9 @@ fn grid_ui(ui: &mut egui::Ui, data: &super::trace_data::TraceData, step: usize, 
 fn legend_ui(ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         for (colour, label) in [
-            (super::token_grid::MASKED, "masked"),
-            (super::token_grid::REVEALED_NOW, "revealed now"),
-            (super::token_grid::REVEALED_BEFORE, "revealed before"),
+            (crate::gui::token_grid::MASKED, "masked"),
+            (crate::gui::token_grid::REVEALED_NOW, "revealed now"),
+            (crate::gui::token_grid::REVEALED_BEFORE, "revealed before"),
         ] {
             let (rect, _) = ui.allocate_exact_size(vec2(12.0, 12.0), Sense::hover());
             ui.painter().rect_filled(rect, 2.0, colour);
@@ -378,7 +383,10 @@ fn legend_ui(ui: &mut egui::Ui) {
 
 /// The models' colours in the PSNR plot: A blue, B orange (the teacher and the references are
 /// grey or dashed).
-const SERIES_COLOURS: [Color32; 2] = [super::palette::CATEGORY[0], super::palette::CATEGORY[1]];
+const SERIES_COLOURS: [Color32; 2] = [
+    crate::gui::palette::CATEGORY[0],
+    crate::gui::palette::CATEGORY[1],
+];
 
 /// PSNR against steps, one line per series, the current step marked.
 pub fn psnr_plot_ui(
