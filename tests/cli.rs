@@ -185,6 +185,8 @@ fn a_bad_device_list_for_training_is_an_error_message() {
                 "tiny",
                 "--steps",
                 "1",
+                "--batch-size",
+                "2",
                 "--devices",
                 list,
             ])

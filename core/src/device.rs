@@ -167,17 +167,42 @@ fn discrete_gpus() -> Vec<String> {
         .collect()
 }
 
-/// What wgpu reports of each adapter it finds. Enumerating adapters can panic inside some
-/// drivers; a panic here means "no adapter".
+/// What wgpu reports of each adapter it finds, probed once per process.
+///
+/// Why once, and why the probe's instance is never dropped: dropping a wgpu instance unloads
+/// the drivers it opened (`libvulkan`'s ICDs, and `libEGL` for the GL backend) and terminates
+/// the EGL display, which mesa shares between every user in the process; mesa's drivers (and
+/// the LLVM inside lavapipe and llvmpipe) register `atexit` destructors. The app probes from
+/// each model worker it starts, and the tests start several apps at once, so probes ran
+/// concurrently and each unloaded what the others had opened. That is the suspected cause of
+/// issue 19's aborts at exit ("double free or corruption", "corrupted size vs. prev_size";
+/// `app_ui` test binary, 5 of 169 runs on a 2-core AMD EPYC (Zen 4), with and without
+/// OpenBLAS): both failing processes had mesa's EGL driver and LLVM mapped, and nothing else
+/// in them loads or unloads drivers. Not proven: the probes alone, raced from 8 threads
+/// (`core/examples/probe_race.rs`), did not abort. Only the primary backends (Vulkan, Metal,
+/// DX12) are probed: they are the ones burn's wgpu backend runs on, and they keep EGL out of
+/// the process. Enumerating adapters can panic inside some drivers; a panic here means "no
+/// adapter".
 fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
     use burn::tensor::wgpu::wgpu;
-    std::panic::catch_unwind(|| {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        adapters.into_iter().map(|a| a.get_info()).collect()
-    })
-    .unwrap_or_default()
+    static ADAPTERS: std::sync::OnceLock<Vec<wgpu::AdapterInfo>> = std::sync::OnceLock::new();
+    ADAPTERS
+        .get_or_init(|| {
+            std::panic::catch_unwind(|| {
+                let mut descriptor =
+                    wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+                descriptor.backends = wgpu::Backends::PRIMARY;
+                let instance = wgpu::Instance::new(descriptor);
+                let adapters =
+                    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+                let infos = adapters.into_iter().map(|a| a.get_info()).collect();
+                // Kept for the process's life (see above).
+                std::mem::forget(instance);
+                infos
+            })
+            .unwrap_or_default()
+        })
+        .clone()
 }
 
 fn cpu() -> ChosenDevice {
