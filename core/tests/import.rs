@@ -256,3 +256,34 @@ fn cmyk_and_grey_jpegs_become_rgb() {
     let p = cmyk.get_pixel(39, 0).0;
     assert!(p[0] > 180 && p[1] < 60, "{p:?}");
 }
+
+#[test]
+fn a_damaged_storage_in_an_official_file_is_refused_not_imported() {
+    use sftok_core::checkpoint::pytorch::read_pytorch_bytes;
+    let bytes = std::fs::read(official_dir().join("pytorch_model.bin")).unwrap();
+    assert!(read_pytorch_bytes(&bytes).is_ok());
+    // Where each storage's data lies in the file, from the zip's central directory.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).unwrap();
+    let storages: Vec<(String, usize, usize)> = (0..zip.len())
+        .map(|i| {
+            let f = zip.by_index(i).unwrap();
+            (
+                f.name().to_string(),
+                f.data_start() as usize,
+                f.size() as usize,
+            )
+        })
+        .filter(|(name, _, size)| name.contains("/data/") && *size >= 64)
+        .collect();
+    assert!(storages.len() >= 16, "{}", storages.len());
+    // One byte flipped inside each of 16 storages: the zip CRC of a storage its views cover must
+    // catch it, where wrong weights would load.
+    for (name, start, size) in storages.iter().take(16) {
+        let mut copy = bytes.clone();
+        copy[start + size / 2] ^= 0x5a;
+        match read_pytorch_bytes(&copy) {
+            Err(e) => assert!(e.to_string().contains(name.as_str()), "names {name}: {e}"),
+            Ok(_) => panic!("{name} damaged at byte {} loaded", start + size / 2),
+        }
+    }
+}

