@@ -20,6 +20,9 @@
 //! `unsafe` is allowed in this module only (the crate root denies it elsewhere), and every
 //! `unsafe` block here states why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
+// The layout above links the crate-private layers for whoever works on them
+// (`cargo doc --document-private-items` resolves them); the public docs show them as names.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod attention;
 pub mod autodiff;

@@ -4,9 +4,9 @@
 //! and fine-tunes a model on the gallery's images with one click. What the view draws of it is
 //! in [`crate::gui::views::train`].
 //!
-//! Its parts: [`setup`] builds run configurations (through the same `RunPlan` as the command
-//! line) and words their errors for the app, [`tail`] reads a growing `metrics.jsonl`, [`worker`]
-//! is the training thread, [`labels`] names the metrics.
+//! Its parts: `setup` builds run configurations (through the same `RunPlan` as the command
+//! line) and words their errors for the app, `tail` reads a growing `metrics.jsonl`, `worker`
+//! is the training thread, `labels` names the metrics.
 
 pub(crate) mod labels;
 pub(crate) mod setup;
