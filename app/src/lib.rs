@@ -3,3 +3,6 @@
 pub mod assets;
 pub mod cli;
 pub mod gui;
+
+#[cfg(test)]
+mod front_ends_agree;

@@ -153,8 +153,8 @@ pub struct Args {
 
 impl Args {
     /// What `sftok train <stage> --data <data> --out <out>` means: every other option at its
-    /// command-line default. The app's Train view starts from this and sets what its form shows,
-    /// so the CLI and the app build a run's configuration the same way ([`config_from_args`]).
+    /// command-line default (a test checks that the app's Train view plans the same run from
+    /// its own defaults).
     pub fn with_defaults(stage: StageKind, data: &Path, out: &Path) -> anyhow::Result<Self> {
         #[derive(clap::Parser)]
         #[command(no_binary_name = true)]
