@@ -4,7 +4,7 @@
 #   scripts/demo_chain.sh PART [PART ...]
 #
 # PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | sfvr3b | vanilla3b |
-#       sfvr3c | vanilla3c | bundle | eval
+#       sfvr3c | vanilla3c | sfvr3d | vanilla3d | bundle | eval
 # (teacher2: the teacher continued from `teacher` with --init at a lower learning rate; the
 #  bundled teacher. TEACHER_RUN=teacher2 makes stage 1 learn its codes; the bundled token models
 #  of 2026-12-02 were trained against `teacher`, the default)
@@ -12,7 +12,9 @@
 #  continued from them for 1500 more steps, which is what is bundled since the fourth session of
 #  2026-12-02; sfvr3c / vanilla3c: stage 3 continued again, from the bundled models, at a higher
 #  learning rate (5e-4) for 3000 steps, 2026-12-07; sfvr and vanilla themselves, before stage 3,
-#  are what docs/experiments.md compares)
+#  are what docs/experiments.md compares; sfvr3d / vanilla3d: stage 3 continued from 3c (or the
+#  bundled models) with the encoder frozen, as the paper trains stage 3, so that the latent tokens,
+#  and the demo generator trained on them, stay as they are)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -34,6 +36,8 @@ STAGE3_STEPS=${STAGE3_STEPS:-400}
 STAGE3B_STEPS=${STAGE3B_STEPS:-1500}
 STAGE3C_STEPS=${STAGE3C_STEPS:-3000}
 STAGE3C_LR=${STAGE3C_LR:-5e-4}
+STAGE3D_STEPS=${STAGE3D_STEPS:-4000}
+STAGE3D_LR=${STAGE3D_LR:-3e-4}
 
 for part in "$@"; do
   case $part in
@@ -68,6 +72,11 @@ for part in "$@"; do
       train "$RUNS/$part" stage3 --init "$init" --steps "$STAGE3C_STEPS" --lr "$STAGE3C_LR" \
         --no-gan --train-encoder
       ;;
+    sfvr3d | vanilla3d)
+      init="$RUNS/${part%d}c"
+      [ -e "$init/model/model.safetensors" ] || init="assets/models/${part%3d}"
+      train "$RUNS/$part" stage3 --init "$init" --steps "$STAGE3D_STEPS" --lr "$STAGE3D_LR" --no-gan
+      ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       teacher=teacher
@@ -81,6 +90,7 @@ for part in "$@"; do
         run="$RUNS/${m}3"
         [ -e "$RUNS/${m}3b/model/model.safetensors" ] && run="$RUNS/${m}3b"
         [ -e "$RUNS/${m}3c/model/model.safetensors" ] && run="$RUNS/${m}3c"
+        [ -e "$RUNS/${m}3d/model/model.safetensors" ] && run="$RUNS/${m}3d"
         cp "$run/model/config.json" "$run/model/model.safetensors" \
           "$run/model/teacher.safetensors" "assets/models/$m/"
       done
@@ -90,7 +100,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, sfvr3c, vanilla3c, bundle or eval" >&2
+      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, sfvr3c, vanilla3c, sfvr3d, vanilla3d, bundle or eval" >&2
       exit 2
       ;;
   esac

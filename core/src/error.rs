@@ -39,6 +39,10 @@ pub enum SftokError {
     #[error("{0}")]
     Plan(Box<crate::train::plan::PlanError>),
     #[error("{0}")]
+    Frechet(#[from] crate::eval::frechet::FrechetError),
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
+    #[error("{0}")]
     Other(String),
 }
 

@@ -133,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             y_decimals: if metric.contains("accuracy") { 4 } else { 2 },
         });
     }
-    let image = render(&panels);
+    let image = render(&panels)?;
     sftok_core::image_io::save_png(&image, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())

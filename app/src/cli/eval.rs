@@ -129,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
     sftok_core::checkpoint::files::write_atomic(&args.json, json.as_bytes())?;
     let plot = plot_path;
-    save_png(&report.plot(), &plot)?;
+    save_png(&report.plot()?, &plot)?;
     if let Some(md) = &args.markdown {
         sftok_core::checkpoint::files::write_atomic(md, table.as_bytes())?;
     }

@@ -38,10 +38,9 @@ impl Fid {
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .map_err(|e| sftok_core::SftokError::Other(format!("{e:?}")))?;
-            acc.push_rows(&features)
-                .map_err(sftok_core::SftokError::Other)?;
+            acc.push_rows(&features)?;
         }
-        acc.stats().map_err(sftok_core::SftokError::Other)
+        Ok(acc.stats()?)
     }
 }
 
@@ -64,7 +63,7 @@ impl FidFeatures for Fid {
             }
         };
         let candidate_stats = self.stats(candidate)?;
-        frechet_distance(&reference_stats, &candidate_stats).map_err(sftok_core::SftokError::Other)
+        Ok(frechet_distance(&reference_stats, &candidate_stats)?)
     }
 }
 

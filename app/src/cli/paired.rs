@@ -183,13 +183,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             colour,
         });
         diff_series.push(Series {
-            label: format!("{label}: 95 percent CI"),
+            label: format!("{label}: 95 % CI"),
             points: low,
             dashed: true,
             colour,
         });
         diff_series.push(Series {
-            label: format!("{label}: 95 percent CI"),
+            label: format!("{label}: 95 % CI"),
             points: high,
             dashed: true,
             colour,
@@ -232,14 +232,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 colour: [160, 160, 160],
             });
             panels.push(Panel {
-                title: "PSNR difference (dB), 95 percent CI".into(),
+                title: "PSNR difference (dB), 95 % CI".into(),
                 x_label: "decoding steps".into(),
                 x_ticks: ticks,
                 series: diff_series,
                 y_decimals: 2,
             });
         }
-        save_png(&render(&panels), path)?;
+        save_png(&render(&panels)?, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

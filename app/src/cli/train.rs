@@ -245,12 +245,18 @@ pub fn cli_words(e: &PlanError) -> String {
         PlanInput::Data => "--data",
         PlanInput::Teacher => "--teacher",
         PlanInput::Init => "--init",
+        PlanInput::Model => "--init",
     };
     match e {
         PlanError::Missing { input, .. } => format!("{e}: check {}", flag(input)),
         PlanError::NotAFolder { input, .. } => format!("{e}: {} takes a folder", flag(input)),
         PlanError::NoTeacher { .. } => format!(
             "{e}: --teacher takes a teacher run (`sftok train teacher`), or a model directory made by `sftok import --teacher`"
+        ),
+        PlanError::NotAModel { .. } => format!(
+            "{e}: --init takes a model directory ({} and {}) or the run that made one",
+            sftok_core::checkpoint::CONFIG_FILE,
+            sftok_core::checkpoint::MODEL_FILE
         ),
         PlanError::CannotStart { stage, .. } => match stage {
             StageKind::Teacher => format!("{e}: --init takes a teacher run or a model directory"),

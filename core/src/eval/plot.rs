@@ -1,10 +1,22 @@
-//! A small line-plot rasteriser for the `eval` report: metric against steps, one line per model,
-//! the teachers as dashed horizontal lines. Drawn straight into an `RgbImage` with a built-in 5x7
-//! bitmap font, so the CLI needs no font files and no plotting stack.
+//! Line plots for the reports (`sftok eval`, `sftok curves`, `sftok paired`): a metric against
+//! steps, one line per model, references as dashed horizontal lines, one shared legend under the
+//! panels. Drawn with `plotters` into an `RgbImage`; the text uses the font egui bundles
+//! (`epaint_default_fonts`, already in the app's tree), so no system font is needed.
+//!
+//! The project drew these with its own rasteriser and 5x7 bitmap font until 2026-12-07
+//! (issue 15; `bench/plotters_check` and docs/crates.md compare the two).
 
-use image::{Rgb, RgbImage};
+use std::sync::OnceLock;
 
-/// One curve: `(x, y)` points, drawn in order.
+use image::RgbImage;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use plotters::style::text_anchor;
+use plotters::style::{FontStyle, register_font};
+
+use crate::error::{Result, SftokError};
+
+/// One curve: `(x, y)` points, drawn in order; points whose y is not finite are left out.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
@@ -19,7 +31,7 @@ pub struct Series {
 pub struct Panel {
     pub title: String,
     pub x_label: String,
-    /// The x values that get a tick and a label (drawn on a log2 axis when all are positive).
+    /// The x values that get a tick and a label (drawn on a log2 axis when all x are positive).
     pub x_ticks: Vec<f64>,
     pub series: Vec<Series>,
     /// Decimals of the y tick labels.
@@ -38,309 +50,214 @@ pub const PALETTE: [[u8; 3]; 8] = [
     [23, 190, 207],
 ];
 
-const PANEL_W: u32 = 520;
+pub const PANEL_W: u32 = 520;
 const PANEL_H: u32 = 360;
-const MARGIN_L: u32 = 70;
-const MARGIN_R: u32 = 16;
-const MARGIN_T: u32 = 36;
-const MARGIN_B: u32 = 48;
-const LEGEND_ROW: u32 = 18;
+const LEGEND_ROW: u32 = 20;
+/// The name the bundled font is registered under.
+const FONT: &str = "sans-serif";
 
-/// Draws the panels side by side with one shared legend underneath.
-pub fn render(panels: &[Panel]) -> RgbImage {
-    let mut legend: Vec<(String, [u8; 3], bool)> = Vec::new();
-    for p in panels {
-        for s in &p.series {
-            if !legend.iter().any(|(l, _, _)| *l == s.label) {
-                legend.push((s.label.clone(), s.colour, s.dashed));
-            }
+/// Registers the bundled font once per process; plotters looks fonts up by name.
+fn font() -> Result<&'static str> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        register_font(FONT, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT).is_ok()
+    });
+    if ok {
+        Ok(FONT)
+    } else {
+        Err(SftokError::Plot(
+            "the bundled font (Ubuntu Light) could not be loaded".into(),
+        ))
+    }
+}
+
+fn plot_error(e: impl std::fmt::Display) -> SftokError {
+    SftokError::Plot(e.to_string())
+}
+
+fn rgb([r, g, b]: [u8; 3]) -> RGBColor {
+    RGBColor(r, g, b)
+}
+
+/// Draws the panels side by side with one shared legend underneath (each label once).
+pub fn render(panels: &[Panel]) -> Result<RgbImage> {
+    let font = font()?;
+    let mut legend: Vec<(&str, [u8; 3], bool)> = Vec::new();
+    for s in panels.iter().flat_map(|p| &p.series) {
+        if !legend.iter().any(|(l, _, _)| *l == s.label) {
+            legend.push((&s.label, s.colour, s.dashed));
         }
     }
     let width = PANEL_W * panels.len().max(1) as u32;
     let height = PANEL_H + 12 + LEGEND_ROW * legend.len() as u32;
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    for (i, p) in panels.iter().enumerate() {
-        draw_panel(&mut img, i as u32 * PANEL_W, p);
-    }
-    for (i, (label, colour, dashed)) in legend.iter().enumerate() {
-        let y = PANEL_H + 6 + i as u32 * LEGEND_ROW + 7;
-        let x = MARGIN_L as i64;
-        if *dashed {
-            dashed_line(&mut img, (x, y as i64), (x + 30, y as i64), *colour, 2);
-        } else {
-            line(&mut img, (x, y as i64), (x + 30, y as i64), *colour, 2);
-            marker(&mut img, (x + 15, y as i64), *colour);
+    let mut buffer = vec![255u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let (plots, legend_area) = root.split_vertically(PANEL_H + 6);
+        if !panels.is_empty() {
+            for (area, panel) in plots.split_evenly((1, panels.len())).iter().zip(panels) {
+                draw_panel(area, panel, font)?;
+            }
         }
-        text(&mut img, x + 40, y as i64 - 7, label, [0, 0, 0], 2);
+        for (i, (label, colour, dashed)) in legend.iter().enumerate() {
+            let y = i as i32 * LEGEND_ROW as i32 + LEGEND_ROW as i32 / 2;
+            let (x, colour) = (70, rgb(*colour));
+            let swatch = vec![(x, y), (x + 30, y)];
+            if *dashed {
+                legend_area
+                    .draw(&DashedPathElement::new(
+                        swatch,
+                        6,
+                        4,
+                        colour.stroke_width(2),
+                    ))
+                    .map_err(plot_error)?;
+            } else {
+                legend_area
+                    .draw(&PathElement::new(swatch, colour.stroke_width(2)))
+                    .map_err(plot_error)?;
+                legend_area
+                    .draw(&Circle::new((x + 15, y), 3, colour.filled()))
+                    .map_err(plot_error)?;
+            }
+            let style = TextStyle::from((font, 16).into_font()).pos(text_anchor::Pos::new(
+                text_anchor::HPos::Left,
+                text_anchor::VPos::Center,
+            ));
+            legend_area
+                .draw(&Text::new(label.to_string(), (x + 40, y), style))
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
     }
-    img
+    RgbImage::from_raw(width, height, buffer)
+        .ok_or_else(|| plot_error("the plot's buffer has the wrong size"))
 }
 
-fn draw_panel(img: &mut RgbImage, x0: u32, p: &Panel) {
-    let (left, right) = ((x0 + MARGIN_L) as f64, (x0 + PANEL_W - MARGIN_R) as f64);
-    let (top, bottom) = (MARGIN_T as f64, (PANEL_H - MARGIN_B) as f64);
-    let log_x = p.x_ticks.iter().all(|&x| x > 0.0)
-        && p.series
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    p: &Panel,
+    font: &str,
+) -> Result<()> {
+    let points = |s: &Series| -> Vec<(f64, f64)> {
+        s.points
             .iter()
-            .flat_map(|s| &s.points)
-            .all(|&(x, _)| x > 0.0);
-    let fx = |x: f64| if log_x { x.log2() } else { x };
+            .copied()
+            .filter(|&(x, y)| x.is_finite() && y.is_finite())
+            .collect()
+    };
+    // A log2 axis when every x is positive: the decoding steps 1, 2, 4, 8, 16 spread evenly.
+    let log_x = p.x_ticks.iter().all(|&x| x > 0.0)
+        && p.series.iter().flat_map(&points).all(|(x, _)| x > 0.0);
+    let fx = move |x: f64| if log_x { x.log2() } else { x };
     let xs: Vec<f64> = p
         .x_ticks
         .iter()
         .copied()
-        .chain(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)))
+        .chain(p.series.iter().flat_map(&points).map(|q| q.0))
         .map(fx)
         .collect();
-    let ys: Vec<f64> = p
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|q| q.1))
-        .filter(|y| y.is_finite())
-        .collect();
-    let (xmin, xmax) = range(&xs, 0.0);
+    let ys: Vec<f64> = p.series.iter().flat_map(&points).map(|q| q.1).collect();
+    let (xmin, xmax) = range(&xs, 0.02);
     let (ymin, ymax) = range(&ys, 0.08);
-    let px = |x: f64| left + (fx(x) - xmin) / (xmax - xmin) * (right - left);
-    let py = |y: f64| bottom - (y - ymin) / (ymax - ymin) * (bottom - top);
-
-    // Frame, grid and ticks.
-    let grey = [225, 225, 225];
-    for k in 0..=4 {
-        let v = ymin + (ymax - ymin) * k as f64 / 4.0;
-        let y = py(v) as i64;
-        line(img, (left as i64, y), (right as i64, y), grey, 1);
-        let label = format!("{v:.*}", p.y_decimals);
-        let w = text_width(&label, 2);
-        text(img, left as i64 - 6 - w, y - 7, &label, [60, 60, 60], 2);
+    let key_points: Vec<f64> = p.x_ticks.iter().copied().map(fx).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (font, 20))
+        .margin(10)
+        .margin_right(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xmin..xmax, ymin..ymax)
+        .map_err(plot_error)?;
+    let x_label = |v: &f64| format_number(if log_x { v.exp2() } else { *v });
+    let y_label = |v: &f64| format!("{v:.*}", p.y_decimals);
+    let grid = RGBColor(225, 225, 225);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&p.x_label)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .y_labels(5)
+        .label_style((font, 14))
+        .axis_desc_style((font, 16))
+        .light_line_style(WHITE)
+        .bold_line_style(grid);
+    if key_points.is_empty() {
+        // No ticks asked for: plotters' own.
+        mesh.x_labels(6);
+    } else {
+        // The ticks asked for, drawn below: plotters' custom key points (`with_key_points`)
+        // have no label formatter for f64 axes.
+        mesh.x_labels(0).disable_x_mesh();
     }
-    for &t in &p.x_ticks {
-        let x = px(t) as i64;
-        line(img, (x, top as i64), (x, bottom as i64), grey, 1);
-        let label = format_number(t);
-        text(
-            img,
-            x - text_width(&label, 2) / 2,
-            bottom as i64 + 6,
-            &label,
-            [60, 60, 60],
-            2,
-        );
+    mesh.draw().map_err(plot_error)?;
+    if !key_points.is_empty() {
+        let base = area.get_base_pixel();
+        let style = TextStyle::from((font, 14).into_font())
+            .color(&RGBColor(60, 60, 60))
+            .pos(text_anchor::Pos::new(
+                text_anchor::HPos::Center,
+                text_anchor::VPos::Top,
+            ));
+        for &t in &key_points {
+            chart
+                .draw_series(LineSeries::new([(t, ymin), (t, ymax)], grid))
+                .map_err(plot_error)?;
+            let (x, y) = chart.backend_coord(&(t, ymin));
+            area.draw(&Text::new(
+                x_label(&t),
+                (x - base.0, y - base.1 + 6),
+                style.clone(),
+            ))
+            .map_err(plot_error)?;
+        }
     }
-    let black = [0, 0, 0];
-    line(
-        img,
-        (left as i64, bottom as i64),
-        (right as i64, bottom as i64),
-        black,
-        1,
-    );
-    line(
-        img,
-        (left as i64, top as i64),
-        (left as i64, bottom as i64),
-        black,
-        1,
-    );
-    let title_w = text_width(&p.title, 2);
-    text(
-        img,
-        x0 as i64 + (PANEL_W as i64 - title_w) / 2,
-        10,
-        &p.title,
-        black,
-        2,
-    );
-    let xl_w = text_width(&p.x_label, 2);
-    text(
-        img,
-        ((left + right) / 2.0) as i64 - xl_w / 2,
-        bottom as i64 + 26,
-        &p.x_label,
-        black,
-        2,
-    );
-
+    let to_axis = |s: &Series| -> Vec<(f64, f64)> {
+        points(s).into_iter().map(|(x, y)| (fx(x), y)).collect()
+    };
     for s in &p.series {
-        let pts: Vec<(i64, i64)> = s
-            .points
-            .iter()
-            .filter(|q| q.1.is_finite())
-            .map(|&(x, y)| (px(x) as i64, py(y) as i64))
-            .collect();
-        for w in pts.windows(2) {
-            if s.dashed {
-                dashed_line(img, w[0], w[1], s.colour, 2);
-            } else {
-                line(img, w[0], w[1], s.colour, 2);
-            }
-        }
-        if !s.dashed {
-            for &q in &pts {
-                marker(img, q, s.colour);
-            }
+        let colour = rgb(s.colour);
+        let line = to_axis(s);
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(line, 8, 6, colour.stroke_width(2)))
+                .map_err(plot_error)?;
+        } else {
+            chart
+                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
+                .map_err(plot_error)?;
+            chart
+                .draw_series(line.into_iter().map(|q| Circle::new(q, 3, colour.filled())))
+                .map_err(plot_error)?;
         }
     }
+    Ok(())
 }
 
-/// `[min, max]` of the values, widened by `pad` of the span (and never empty).
+/// The span of `values` with `pad` of it added on each side; never empty (a flat or single value
+/// gets a unit span), `(0, 1)` when there is nothing.
 fn range(values: &[f64], pad: f64) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !min.is_finite() || !max.is_finite() {
         return (0.0, 1.0);
     }
-    let span = (max - min).max(1e-6 * max.abs().max(1.0));
+    let span = max - min;
+    if span <= 1e-9 * max.abs().max(1.0) {
+        let half = 0.5 * max.abs().max(1.0) * 0.1;
+        return (min - half, max + half);
+    }
     (min - pad * span, max + pad * span)
 }
 
+/// A tick label: integers without decimals (8, not 8.0 or 7.9999999 from 2^log2(8)).
 fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{}", v as i64)
+    if (v - v.round()).abs() < 1e-6 * v.abs().max(1.0) {
+        format!("{}", v.round() as i64)
     } else {
-        format!("{v}")
-    }
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, colour: [u8; 3], thickness: i64) {
-    let r = thickness / 2;
-    for dy in -r..thickness - r {
-        for dx in -r..thickness - r {
-            let (xx, yy) = (x + dx, y + dy);
-            if xx >= 0 && yy >= 0 && (xx as u32) < img.width() && (yy as u32) < img.height() {
-                img.put_pixel(xx as u32, yy as u32, Rgb(colour));
-            }
-        }
-    }
-}
-
-fn line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), colour: [u8; 3], thickness: i64) {
-    segment(img, a, b, colour, thickness, None);
-}
-
-fn dashed_line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), colour: [u8; 3], thickness: i64) {
-    segment(img, a, b, colour, thickness, Some(8));
-}
-
-/// Bresenham; with `dash = Some(n)`, drawn in runs of n pixels with gaps of n.
-fn segment(
-    img: &mut RgbImage,
-    (mut x, mut y): (i64, i64),
-    (x1, y1): (i64, i64),
-    colour: [u8; 3],
-    thickness: i64,
-    dash: Option<i64>,
-) {
-    let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-    let (sx, sy) = (if x < x1 { 1 } else { -1 }, if y < y1 { 1 } else { -1 });
-    let mut err = dx + dy;
-    let mut n = 0i64;
-    loop {
-        if dash.is_none_or(|d| (n / d) % 2 == 0) {
-            put(img, x, y, colour, thickness);
-        }
-        n += 1;
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
-fn marker(img: &mut RgbImage, (x, y): (i64, i64), colour: [u8; 3]) {
-    put(img, x, y, colour, 7);
-}
-
-/// Width in pixels of `s` at `scale`.
-pub fn text_width(s: &str, scale: i64) -> i64 {
-    s.chars().count() as i64 * 6 * scale
-}
-
-/// Draws `s` with its top-left corner at `(x, y)`; lower case is drawn as upper case and
-/// characters without a glyph as a box.
-pub fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, colour: [u8; 3], scale: i64) {
-    for (i, c) in s.chars().enumerate() {
-        let rows = glyph(c.to_ascii_uppercase());
-        for (r, bits) in rows.iter().enumerate() {
-            for col in 0..5 {
-                if bits & (0x10 >> col) != 0 {
-                    for sy in 0..scale {
-                        for sx in 0..scale {
-                            let px = x + (i as i64 * 6 + col) * scale + sx;
-                            let py = y + r as i64 * scale + sy;
-                            if px >= 0
-                                && py >= 0
-                                && (px as u32) < img.width()
-                                && (py as u32) < img.height()
-                            {
-                                img.put_pixel(px as u32, py as u32, Rgb(colour));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The 5x7 glyphs (one byte per row, the low five bits, leftmost pixel in bit 4).
-fn glyph(c: char) -> [u8; 7] {
-    match c {
-        ' ' => [0; 7],
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        'A' => [0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        '/' => [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        _ => [0x1F, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1F],
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
@@ -348,11 +265,8 @@ fn glyph(c: char) -> [u8; 7] {
 mod tests {
     use super::*;
 
-    #[test]
-    fn draws_each_series_in_its_colour() {
-        let red = [214, 39, 40];
-        let blue = [31, 119, 180];
-        let panel = Panel {
+    fn panel(red: [u8; 3], blue: [u8; 3]) -> Panel {
+        Panel {
             title: "PSNR (dB)".into(),
             x_label: "steps".into(),
             x_ticks: vec![1.0, 2.0, 4.0, 8.0],
@@ -371,18 +285,73 @@ mod tests {
                 },
             ],
             y_decimals: 1,
-        };
-        let img = render(&[panel.clone(), panel]);
-        assert_eq!(img.width(), 2 * PANEL_W);
-        let count = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
-        assert!(count(red) > 200, "the model's line is drawn");
-        assert!(count(blue) > 100, "the reference line is drawn");
-        assert!(count([0, 0, 0]) > 500, "axes and text are drawn");
+        }
+    }
+
+    /// Pixels within a small distance of `c` (anti-aliased text and lines blend at the edges).
+    fn count_near(img: &RgbImage, c: [u8; 3], within: i32) -> usize {
+        img.pixels()
+            .filter(|p| (0..3).all(|k| (p.0[k] as i32 - c[k] as i32).abs() <= within))
+            .count()
     }
 
     #[test]
-    fn empty_or_flat_data_does_not_panic() {
-        let panel = Panel {
+    fn draws_each_series_in_its_colour_where_its_values_are() {
+        let (red, blue) = ([214, 39, 40], [31, 119, 180]);
+        let img = render(&[panel(red, blue), panel(red, blue)]).unwrap();
+        assert_eq!(img.width(), 2 * PANEL_W);
+        assert_eq!(img.height(), PANEL_H + 12 + 2 * LEGEND_ROW);
+        assert!(count_near(&img, red, 0) > 400, "the model's line is drawn");
+        assert!(
+            count_near(&img, blue, 0) > 150,
+            "the reference line is drawn"
+        );
+        assert!(
+            count_near(&img, [0, 0, 0], 60) > 300,
+            "axes and text are drawn"
+        );
+        // The teacher (23 dB) is the top of the data and the model starts lowest (20 dB): in the
+        // first panel the dashed line's pixels lie above the model's first points.
+        let rows = |c: [u8; 3]| -> Vec<u32> {
+            img.enumerate_pixels()
+                .filter(|(x, y, p)| *x < PANEL_W && *y < PANEL_H && p.0 == c)
+                .map(|(_, y, _)| y)
+                .collect()
+        };
+        let (blue_rows, red_rows) = (rows(blue), rows(red));
+        let blue_mean = blue_rows.iter().sum::<u32>() as f64 / blue_rows.len() as f64;
+        let red_max = *red_rows.iter().max().unwrap() as f64;
+        let red_min = *red_rows.iter().min().unwrap() as f64;
+        assert!(
+            blue_mean < red_min,
+            "the 23 dB line is above every model point"
+        );
+        assert!(
+            red_max - red_min > 100.0,
+            "the model's 2 dB rise spans the panel"
+        );
+        // The legend rows under the panels hold both colours.
+        let legend_has = |c: [u8; 3]| {
+            img.enumerate_pixels()
+                .any(|(_, y, p)| y >= PANEL_H + 6 && p.0 == c)
+        };
+        assert!(
+            legend_has(red) && legend_has(blue),
+            "both are in the legend"
+        );
+    }
+
+    #[test]
+    fn ticks_read_as_the_steps() {
+        assert_eq!(format_number(2f64.log2().exp2()), "2");
+        assert_eq!(format_number(16f64.log2().exp2()), "16");
+        assert_eq!(format_number(0.25), "0.25");
+        assert_eq!(format_number(1500.0), "1500");
+    }
+
+    #[test]
+    fn empty_flat_or_nan_data_does_not_panic() {
+        let flat = Panel {
             title: "SSIM".into(),
             x_label: "steps".into(),
             x_ticks: vec![],
@@ -394,7 +363,21 @@ mod tests {
             }],
             y_decimals: 3,
         };
-        let _ = render(&[panel]);
-        let _ = render(&[]);
+        let single = Panel {
+            x_ticks: vec![8.0],
+            series: vec![Series {
+                points: vec![(8.0, 17.4)],
+                ..flat.series[0].clone()
+            }],
+            ..flat.clone()
+        };
+        let empty = Panel {
+            series: vec![],
+            ..flat.clone()
+        };
+        for panels in [vec![flat], vec![single], vec![empty], vec![]] {
+            let img = render(&panels).unwrap();
+            assert!(img.width() >= PANEL_W);
+        }
     }
 }

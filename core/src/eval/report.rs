@@ -463,7 +463,7 @@ fn fmt_fid(on: bool, v: Option<f64>) -> String {
 
 impl EvalReport {
     /// PSNR and SSIM against steps, one line per model, each model's teacher dashed in its colour.
-    pub fn plot(&self) -> image::RgbImage {
+    pub fn plot(&self) -> crate::error::Result<image::RgbImage> {
         use crate::eval::plot::{PALETTE, Panel, Series, render};
         let ticks: Vec<f64> = self.steps.iter().map(|&s| s as f64).collect();
         let (first, last) = (

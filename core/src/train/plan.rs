@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use super::config::{PerceptualWeights, StageKind, TrainConfig};
 use super::sfvr::Stage2Inputs;
 use super::starting_point::model_config_of;
-use crate::checkpoint::model_dir::carries_teacher;
-use crate::checkpoint::{MODEL_FILE, TEACHER_FILE};
+use crate::checkpoint::model_dir::{carries_teacher, published_model_dir};
+use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE};
 use crate::config::SftokConfig;
 use crate::error::SftokError;
 
@@ -28,6 +28,8 @@ pub enum PlanInput {
     Teacher,
     /// The run or model directory the stage starts from.
     Init,
+    /// A tokenizer to fine-tune (a model directory or the run that published one).
+    Model,
 }
 
 impl std::fmt::Display for PlanInput {
@@ -36,6 +38,7 @@ impl std::fmt::Display for PlanInput {
             PlanInput::Data => "data folder",
             PlanInput::Teacher => "teacher",
             PlanInput::Init => "starting checkpoint",
+            PlanInput::Model => "model folder",
         })
     }
 }
@@ -50,6 +53,12 @@ pub enum PlanError {
     NotAFolder { input: PlanInput, path: PathBuf },
     #[error("{} holds no teacher ({TEACHER_FILE})", path.display())]
     NoTeacher { path: PathBuf },
+    /// A folder given as a tokenizer lacks `missing` (config or weights).
+    #[error("{} is not a model folder ({missing} is missing)", path.display())]
+    NotAModel {
+        path: PathBuf,
+        missing: &'static str,
+    },
     /// The starting checkpoint lacks the weights `stage` starts from.
     #[error("{} cannot start {stage}: it holds no {}", path.display(), needed_file(*stage))]
     CannotStart { path: PathBuf, stage: StageKind },
@@ -123,7 +132,23 @@ fn check_folder(input: PlanInput, path: &Path) -> Result<(), PlanError> {
 }
 
 fn has_model(path: &Path) -> bool {
-    path.join(MODEL_FILE).is_file() || path.join("model").join(MODEL_FILE).is_file()
+    published_model_dir(path).join(MODEL_FILE).is_file()
+}
+
+/// The tokenizer model directory `path` stands for (itself, or the `model/` a run published),
+/// checked to hold a configuration and weights: what a fine-tune starts from.
+pub fn check_model_folder(path: &Path) -> Result<PathBuf, PlanError> {
+    check_folder(PlanInput::Model, path)?;
+    let dir = published_model_dir(path);
+    for file in [CONFIG_FILE, MODEL_FILE] {
+        if !dir.join(file).is_file() {
+            return Err(PlanError::NotAModel {
+                path: path.to_path_buf(),
+                missing: file,
+            });
+        }
+    }
+    Ok(dir)
 }
 
 /// How the codebook of a teacher run learns.
@@ -350,5 +375,53 @@ impl RunPlan {
         config.keep_checkpoints = self.keep_checkpoints;
         config.workers = self.workers;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_folder_is_a_model_directory_or_the_run_that_published_one() {
+        let root = std::env::temp_dir().join(format!("sftok-plan-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run = root.join("run");
+        let model = run.join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        let file = root.join("file.png");
+        std::fs::write(&file, b"x").unwrap();
+
+        assert!(matches!(
+            check_model_folder(&root.join("gone")),
+            Err(PlanError::Missing {
+                input: PlanInput::Model,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_model_folder(&file),
+            Err(PlanError::NotAFolder { .. })
+        ));
+        // An empty model/ : the run is not a model yet, and the message names the file.
+        let e = check_model_folder(&run).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PlanError::NotAModel {
+                    missing: CONFIG_FILE,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::fs::write(model.join(MODEL_FILE), b"w").unwrap();
+        let e = check_model_folder(&model).unwrap_err();
+        assert!(e.to_string().contains(CONFIG_FILE), "{e}");
+        std::fs::write(model.join(CONFIG_FILE), b"{}").unwrap();
+        assert_eq!(check_model_folder(&run).unwrap(), model);
+        assert_eq!(check_model_folder(&model).unwrap(), model);
+        assert!(has_model(&run) && has_model(&model) && !has_model(&root));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -23,6 +23,9 @@ pub fn plan_words(e: &PlanError) -> String {
         PlanError::NoTeacher { .. } => format!(
             "{e}: choose a teacher run (made by the `teacher` stage) or a model folder that includes its teacher"
         ),
+        PlanError::NotAModel { .. } => format!(
+            "{e}: choose a folder with {CONFIG_FILE} and {MODEL_FILE}, such as a run's model/ folder"
+        ),
         PlanError::CannotStart { stage, .. } => {
             let wanted = match stage {
                 StageKind::Teacher => {
@@ -69,19 +72,6 @@ pub fn gui_error(e: &SftokError) -> String {
 
 fn has_teacher(path: &Path) -> bool {
     sftok_core::checkpoint::model_dir::carries_teacher(path)
-}
-
-fn check_folder(path: &Path, what: &str) -> Result<(), String> {
-    if path.is_dir() {
-        Ok(())
-    } else if path.exists() {
-        Err(format!("the {what} {} is not a folder", path.display()))
-    } else {
-        Err(format!(
-            "the {what} {} does not exist (moved or deleted?): choose it again",
-            path.display()
-        ))
-    }
 }
 
 /// The configuration of a new run from the view's settings, after checking the folders.
@@ -221,18 +211,12 @@ pub fn finetune_run_dir_in(parent: &Path, base: &Path) -> PathBuf {
     unused_dir(parent, &format!("{name}-finetune-{}", timestamp()))
 }
 
-/// Checks that `base` is a model folder a fine-tune can start from.
+/// Checks that `base` is a model folder (or a run that published one) a fine-tune can start
+/// from.
 pub fn check_finetune_base(base: &Path) -> Result<(), String> {
-    check_folder(base, "model")?;
-    for file in [CONFIG_FILE, MODEL_FILE] {
-        if !base.join(file).is_file() {
-            return Err(format!(
-                "{} is not a model folder ({file} is missing): choose a folder with {CONFIG_FILE} and {MODEL_FILE}, such as a run's model/ folder",
-                base.display()
-            ));
-        }
-    }
-    Ok(())
+    sftok_core::train::plan::check_model_folder(base)
+        .map(|_| ())
+        .map_err(|e| plan_words(&e))
 }
 
 /// Puts the images into `data` (hard links where possible, else copies), numbered so that equal

@@ -19,7 +19,7 @@ use crate::train::masking::MaskDraw;
 use crate::train::pixel_step::stage3_forward;
 use crate::train::plan::PlanError;
 use crate::train::stage::{Helpers, ShardContext, Stage, StageForward, pixel_losses, scalar};
-use crate::train::stages::tokens::publish_tokenizer;
+use crate::train::stages::tokens::{mask_draw, publish_tokenizer};
 use crate::train::starting_point::load_tokenizer;
 
 /// Stage 3.
@@ -69,11 +69,7 @@ impl Stage for PixelStage<'_> {
     }
 
     fn draw(&self, rng: &mut StdRng, batch_size: usize) -> Option<MaskDraw> {
-        Some(MaskDraw::sample(
-            rng,
-            batch_size,
-            self.config.model.num_proxy_codes(),
-        ))
+        Some(mask_draw(self.config, rng, batch_size))
     }
 
     fn forward(

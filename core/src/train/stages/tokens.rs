@@ -69,11 +69,7 @@ impl Stage for TokenStages<'_> {
     }
 
     fn draw(&self, rng: &mut StdRng, batch_size: usize) -> Option<MaskDraw> {
-        Some(MaskDraw::sample(
-            rng,
-            batch_size,
-            self.config.model.num_proxy_codes(),
-        ))
+        Some(mask_draw(self.config, rng, batch_size))
     }
 
     fn forward(
@@ -143,6 +139,12 @@ impl Stage for TokenStages<'_> {
     fn publish(&self, dir: &Path, ema_model: &Sftok, teacher: Option<&Vqgan>) -> Result<()> {
         publish_tokenizer(dir, ema_model, teacher)
     }
+}
+
+/// One step's masks over the proxy-code positions: every tokenizer stage draws them the same way
+/// (stage 3 masks its first-step predictions as stage 2 does).
+pub(crate) fn mask_draw(config: &TrainConfig, rng: &mut StdRng, batch_size: usize) -> MaskDraw {
+    MaskDraw::sample(rng, batch_size, config.model.num_proxy_codes())
 }
 
 /// A tokenizer model directory: `model.safetensors`, and the teacher it learnt from.
