@@ -38,6 +38,12 @@ pub enum SftokError {
     /// front ends word it for their controls ([`crate::train::plan::PlanError`]).
     #[error("{0}")]
     Plan(Box<crate::train::plan::PlanError>),
+    /// The training or evaluation images (a missing folder, no readable image...).
+    #[error("{0}")]
+    Data(#[from] crate::data::DataError),
+    /// A folder given as a model directory is not one.
+    #[error("{0}")]
+    ModelDir(#[from] crate::checkpoint::model_dir::ModelDirError),
     #[error("{0}")]
     Frechet(#[from] crate::eval::frechet::FrechetError),
     #[error("cannot draw the plot: {0}")]

@@ -41,37 +41,83 @@ pub fn carries_teacher(path: &Path) -> bool {
     path.join(TEACHER_FILE).is_file() || path.join("model").join(TEACHER_FILE).is_file()
 }
 
+/// Which kind of model a directory was asked to hold (for the messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Tokenizer,
+    Generator,
+}
+
+impl ModelKind {
+    fn noun(self) -> &'static str {
+        match self {
+            ModelKind::Tokenizer => "model",
+            ModelKind::Generator => "generator",
+        }
+    }
+
+    /// How a person gets a directory of this kind.
+    fn how_to_make(self) -> &'static str {
+        match self {
+            ModelKind::Tokenizer => "make one with `sftok import` or `sftok train`",
+            ModelKind::Generator => {
+                "make one with `sftok train generator` or `sftok import-generator`; the bundled \
+                 one is assets/models/generator"
+            }
+        }
+    }
+}
+
+/// What is wrong with a folder given as a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    #[error(
+        "{} is a file, not a {} directory (a folder with {CONFIG_FILE} and {MODEL_FILE}); official weights are converted into one with `sftok import{}`",
+        path.display(), kind.noun(),
+        if *kind == ModelKind::Generator { "-generator" } else { " --weights FILE --out DIR" }
+    )]
+    IsAFile { path: PathBuf, kind: ModelKind },
+    #[error(
+        "{} directory {} does not exist; a {0} directory holds {CONFIG_FILE} and {MODEL_FILE} ({})",
+        kind.noun(), path.display(), kind.how_to_make()
+    )]
+    Missing { path: PathBuf, kind: ModelKind },
+    #[error(
+        "{} has no {file}; a {} directory holds {CONFIG_FILE} and {MODEL_FILE}",
+        path.display(), kind.noun()
+    )]
+    Lacks {
+        path: PathBuf,
+        kind: ModelKind,
+        file: &'static str,
+    },
+}
+
+/// Checks that `dir` is a folder holding a configuration and weights.
+pub fn check_model_dir(dir: &Path, kind: ModelKind) -> std::result::Result<(), ModelDirError> {
+    let path = dir.to_path_buf();
+    if dir.is_file() {
+        return Err(ModelDirError::IsAFile { path, kind });
+    }
+    if !dir.is_dir() {
+        return Err(ModelDirError::Missing { path, kind });
+    }
+    for file in [CONFIG_FILE, MODEL_FILE] {
+        if !dir.join(file).is_file() {
+            return Err(ModelDirError::Lacks { path, kind, file });
+        }
+    }
+    Ok(())
+}
+
 /// Loads `dir/config.json`, `dir/model.safetensors` and, if present, `dir/teacher.safetensors`.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     // A training run's folder stands for the model it publishes in `model/`.
     let dir = &published_model_dir(dir);
-    if dir.is_file() {
-        return Err(SftokError::Other(format!(
-            "{} is a file, not a model directory (a folder with {CONFIG_FILE} and {MODEL_FILE}); official weights are converted into one with `sftok import --weights FILE --out DIR`",
-            dir.display()
-        )));
-    }
-    if !dir.is_dir() {
-        return Err(SftokError::Other(format!(
-            "model directory {} does not exist; a model directory holds {CONFIG_FILE} and {MODEL_FILE} (make one with `sftok import` or `sftok train`)",
-            dir.display()
-        )));
-    }
+    check_model_dir(dir, ModelKind::Tokenizer)?;
     let config_path = dir.join(CONFIG_FILE);
-    if !config_path.is_file() {
-        return Err(SftokError::Other(format!(
-            "{} has no {CONFIG_FILE}; a model directory holds {CONFIG_FILE} and {MODEL_FILE}",
-            dir.display()
-        )));
-    }
     let config = SftokConfig::from_file(&config_path)?;
     let model_path = dir.join(MODEL_FILE);
-    if !model_path.is_file() {
-        return Err(SftokError::Other(format!(
-            "{} has no {MODEL_FILE}",
-            dir.display()
-        )));
-    }
     let teacher_path = dir.join(TEACHER_FILE);
     let teacher = if teacher_path.is_file() {
         Some(build_teacher(

@@ -132,7 +132,7 @@ pub fn load_eval_images(
     limit: Option<usize>,
     keep_size: u32,
 ) -> Result<(LoadedImages, SkippedImages)> {
-    let folder = ImageFolder::scan(data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let folder = ImageFolder::scan(data).map_err(SftokError::from)?;
     let mut images = Vec::new();
     let mut skipped = Vec::new();
     for path in folder.paths() {

@@ -8,7 +8,9 @@ use burn::tensor::Device;
 use super::bert::ImageBert;
 use super::config::GeneratorConfig;
 use crate::checkpoint::files::{read_weights, write_atomic, write_safetensors};
-use crate::checkpoint::model_dir::{CONFIG_FILE, MODEL_FILE, published_model_dir};
+use crate::checkpoint::model_dir::{
+    CONFIG_FILE, MODEL_FILE, ModelKind, check_model_dir, published_model_dir,
+};
 use crate::checkpoint::state::{StateDict, load_state_dict, state_dict};
 use crate::error::{Result, SftokError};
 
@@ -54,29 +56,10 @@ pub fn build_generator(
 /// model it publishes in `model/`).
 pub fn load_generator_dir(dir: &Path, device: &Device) -> Result<LoadedGenerator> {
     let dir = &published_model_dir(dir);
-    if !dir.is_dir() {
-        return Err(SftokError::Other(format!(
-            "generator directory {} does not exist; a generator directory holds {CONFIG_FILE} \
-             and {MODEL_FILE} (make one with `sftok train generator` or `sftok import-generator`; \
-             the bundled one is assets/models/generator)",
-            dir.display()
-        )));
-    }
+    check_model_dir(dir, ModelKind::Generator)?;
     let config_path = dir.join(CONFIG_FILE);
-    if !config_path.is_file() {
-        return Err(SftokError::Other(format!(
-            "{} has no {CONFIG_FILE}; a generator directory holds {CONFIG_FILE} and {MODEL_FILE}",
-            dir.display()
-        )));
-    }
     let config = GeneratorConfig::from_file(&config_path)?;
     let model_path = dir.join(MODEL_FILE);
-    if !model_path.is_file() {
-        return Err(SftokError::Other(format!(
-            "{} has no {MODEL_FILE}",
-            dir.display()
-        )));
-    }
     let model = build_generator(&config, read_weights(&model_path)?, device, &model_path)?;
     Ok(LoadedGenerator {
         dir: dir.to_path_buf(),

@@ -126,8 +126,8 @@ pub fn prepare_tokens(
         class_of.insert(path.clone(), class);
     }
     let batch = 16.min(train_paths.len()).max(1);
-    let train_folder = ImageFolder::from_paths(folder.root(), train_paths)
-        .map_err(|e| SftokError::Other(e.to_string()))?;
+    let train_folder =
+        ImageFolder::from_paths(folder.root(), train_paths).map_err(SftokError::from)?;
     let per_epoch = train_folder.len() / batch;
     let total = per_epoch * batch * views + held_paths.len();
     let mut done = 0;
@@ -141,12 +141,9 @@ pub fn prepare_tokens(
     };
     let mut train = TokenSet::default();
     let mut loader = DataLoader::start(train_folder, train_config, DataPosition::default())
-        .map_err(|e| SftokError::Other(e.to_string()))?;
+        .map_err(SftokError::from)?;
     for _ in 0..per_epoch * views {
-        let Some(b) = loader
-            .next_batch()
-            .map_err(|e| SftokError::Other(e.to_string()))?
-        else {
+        let Some(b) = loader.next_batch().map_err(SftokError::from)? else {
             break;
         };
         encode_batch(tokenizer, &b, &class_of, device, &mut train);
@@ -155,18 +152,15 @@ pub fn prepare_tokens(
     }
     let mut heldout = TokenSet::default();
     if !held_paths.is_empty() {
-        let held_folder = ImageFolder::from_paths(folder.root(), held_paths)
-            .map_err(|e| SftokError::Other(e.to_string()))?;
+        let held_folder =
+            ImageFolder::from_paths(folder.root(), held_paths).map_err(SftokError::from)?;
         let mut loader = DataLoader::start(
             held_folder,
             LoaderConfig::eval(image_size as u32, 8),
             DataPosition::default(),
         )
-        .map_err(|e| SftokError::Other(e.to_string()))?;
-        while let Some(b) = loader
-            .next_batch()
-            .map_err(|e| SftokError::Other(e.to_string()))?
-        {
+        .map_err(SftokError::from)?;
+        while let Some(b) = loader.next_batch().map_err(SftokError::from)? {
             encode_batch(tokenizer, &b, &class_of, device, &mut heldout);
             done += b.batch_size;
             progress(done, total);

@@ -242,7 +242,7 @@ fn tokenize_data(
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<GeneratorData> {
     let tokenizer = load_model_dir(&config.tokenizer, device)?;
-    let folder = ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+    let folder = ImageFolder::scan(&config.data).map_err(SftokError::from)?;
     let views = Views {
         image_size: tokenizer.config.image_size,
         views: config.views,

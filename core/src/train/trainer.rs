@@ -162,8 +162,7 @@ impl<'a> Session<'a, '_> {
         let config = self.config;
         let device = &self.devices[0];
         let ad = device.clone().autodiff();
-        let folder =
-            ImageFolder::scan(&config.data).map_err(|e| SftokError::Other(e.to_string()))?;
+        let folder = ImageFolder::scan(&config.data).map_err(SftokError::from)?;
         let heldout = match &config.eval_data {
             Some(dir) => Some(HeldOut::load(dir, config.model.image_size)?),
             None => None,
@@ -255,7 +254,7 @@ fn start_loader(
             batch: state.data_batch,
         },
     )
-    .map_err(|e| SftokError::Other(e.to_string()))
+    .map_err(SftokError::from)
 }
 
 /// A run in progress: the stage, its model and everything the loop keeps beside it.
@@ -688,7 +687,7 @@ impl<S: Stage> Trainer<'_, S> {
 fn next_batch(loader: &mut DataLoader) -> Result<Batch> {
     loader
         .next_batch()
-        .map_err(|e| SftokError::Other(e.to_string()))?
+        .map_err(SftokError::from)?
         .ok_or_else(|| SftokError::Other("the training data ran out".into()))
 }
 
