@@ -6,17 +6,20 @@
 #   scripts/soak_app_ui.sh [RUNS] [BLAS] [OUTDIR]
 # BLAS: `off` (the gemm crate, the default path), `lib` (Debian's OpenBLAS, as CI's BLAS pass runs
 # it: OPENBLAS_NUM_THREADS=1, SkylakeX kernels on AVX-512 CPUs) or anything SFTOK_BLAS takes.
+# BIN=path soaks a test binary built elsewhere (a control built from other code) instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-200}; blas=${2:-lib}; outdir=${3:-/tmp/soak-app-ui-$blas}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sftok-studio/target}
 mkdir -p "$outdir"
 # The test binary's path, built with the workspace's one feature set.
-bin=$(cargo test --release --workspace --test app_ui --no-run --message-format=json 2>/dev/null \
+bin=${BIN:-}
+[ -n "$bin" ] || bin=$(cargo test --release --workspace --test app_ui --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*app_ui[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "could not build the app_ui test binary" >&2; exit 2; }
 # A copy, so that a build during the soak does not swap the binary under it.
-cp "$bin" "$outdir/app_ui" && bin=$outdir/app_ui
+[ "$bin" = "$outdir/app_ui" ] || cp "$bin" "$outdir/app_ui"
+bin=$outdir/app_ui
 
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
