@@ -174,15 +174,15 @@ fn discrete_gpus() -> Vec<String> {
 /// the EGL display, which mesa shares between every user in the process; mesa's drivers (and
 /// the LLVM inside lavapipe and llvmpipe) register `atexit` destructors. The app probes from
 /// each model worker it starts, and the tests start several apps at once, so probes ran
-/// concurrently and each unloaded what the others had opened. That is the suspected cause of
-/// issue 19's aborts at exit ("double free or corruption", "corrupted size vs. prev_size";
-/// `app_ui` test binary, 5 of 169 runs on a 2-core AMD EPYC (Zen 4), with and without
-/// OpenBLAS): both failing processes had mesa's EGL driver and LLVM mapped, and nothing else
-/// in them loads or unloads drivers. Not proven: the probes alone, raced from 8 threads
-/// (`core/examples/probe_race.rs`), did not abort. Only the primary backends (Vulkan, Metal,
-/// DX12) are probed: they are the ones burn's wgpu backend runs on, and they keep EGL out of
-/// the process. Enumerating adapters can panic inside some drivers; a panic here means "no
-/// adapter".
+/// concurrently and each unloaded what the others had opened. That was the cause of issue 19's
+/// aborts at exit ("double free or corruption", "corrupted size vs. prev_size"): on a 2-core AMD
+/// EPYC (Zen 4) the `app_ui` test binary with the old per-call probe aborted in 3 of 102 runs,
+/// each in an exiting thread's free of its thread-specific data or malloc cache, and with this
+/// probe in 0 of 200 (2026-12-07, `scripts/soak_app_ui.sh`); the failing processes had mesa's
+/// EGL driver mapped, this probe keeps it out (`core/tests/device_probe.rs` checks that, and
+/// fails on the old probe). Only the primary backends (Vulkan, Metal, DX12) are probed: they
+/// are the ones burn's wgpu backend runs on, and they keep EGL out of the process. Enumerating
+/// adapters can panic inside some drivers; a panic here means "no adapter".
 fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
     use burn::tensor::wgpu::wgpu;
     static ADAPTERS: std::sync::OnceLock<Vec<wgpu::AdapterInfo>> = std::sync::OnceLock::new();
