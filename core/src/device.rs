@@ -176,7 +176,7 @@ fn discrete_gpus() -> Vec<String> {
 /// each model worker it starts, and the tests start several apps at once, so probes ran
 /// concurrently and each unloaded what the others had opened. That was the cause of issue 19's
 /// aborts at exit ("double free or corruption", "corrupted size vs. prev_size"): on a 2-core AMD
-/// EPYC (Zen 4) the `app_ui` test binary with the old per-call probe aborted in 3 of 102 runs,
+/// EPYC (Zen 4) the `app_ui` test binary with the old per-call probe aborted in 6 of 200 runs,
 /// each in an exiting thread's free of its thread-specific data or malloc cache, and with this
 /// probe in 0 of 200 (2026-12-07, `scripts/soak_app_ui.sh`); the failing processes had mesa's
 /// EGL driver mapped, this probe keeps it out (`core/tests/device_probe.rs` checks that, and

@@ -3,7 +3,7 @@
 //!
 //! The app probes the wgpu adapters from every model worker it starts. Before 2026-12-07 each
 //! probe made its own wgpu instance with every backend (GL through EGL included) and dropped it;
-//! the `app_ui` test binary built that way aborted at exit in 3 of 102 runs on a 2-core AMD EPYC
+//! the `app_ui` test binary built that way aborted at exit in 6 of 200 runs on a 2-core AMD EPYC
 //! (Zen 4) ("corrupted size vs. prev_size in fastbins", "double free or corruption (fasttop)",
 //! each in a thread's exit-time free of its thread-specific data or malloc cache), and in 0 of
 //! 200 with the probe made once per process with the primary backends (README, issue 19). The
