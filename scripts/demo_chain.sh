@@ -14,7 +14,8 @@
 #  learning rate (5e-4) for 3000 steps, 2026-12-07; sfvr and vanilla themselves, before stage 3,
 #  are what docs/experiments.md compares; sfvr3d / vanilla3d: stage 3 continued from 3c (or the
 #  bundled models) with the encoder frozen, as the paper trains stage 3, so that the latent tokens,
-#  and the demo generator trained on them, stay as they are)
+#  and the demo generator trained on them, stay as they are; tried for SFVR on 2026-12-07: +0.03 dB
+#  in 2500 steps, not bundled (docs/token_stages.md); `bundle` takes 3d over 3c when it is there)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
