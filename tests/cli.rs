@@ -170,6 +170,61 @@ fn importing_a_non_checkpoint_says_so() {
 }
 
 #[test]
+fn an_import_of_a_missing_file_or_a_folder_names_the_flag() {
+    let dir = temp_dir("import-inputs");
+    let weights = repo().join("core/tests/data/parity/public/weights.safetensors");
+    let cases: [(&str, Vec<std::ffi::OsString>, &str); 4] = [
+        (
+            "import",
+            vec!["--weights".into(), dir.join("gone.bin").into()],
+            "the weights file",
+        ),
+        (
+            "import",
+            vec![
+                "--weights".into(),
+                weights.clone().into(),
+                "--config".into(),
+                dir.clone().into(),
+            ],
+            "the configuration file",
+        ),
+        (
+            "import",
+            vec![
+                "--weights".into(),
+                weights.clone().into(),
+                "--teacher".into(),
+                dir.join("gone.bin").into(),
+            ],
+            "the teacher weights file",
+        ),
+        (
+            "import-generator",
+            vec!["--weights".into(), dir.clone().into()],
+            "holds no pytorch_model.bin",
+        ),
+    ];
+    for (command, args, says) in cases {
+        let result = sftok()
+            .arg(command)
+            .args(&args)
+            .arg("--out")
+            .arg(dir.join("out"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        let flag = args[args.len() - 2].to_string_lossy().to_string();
+        assert!(
+            stderr.contains(says) && stderr.contains(&format!("check {flag}")),
+            "{command} {args:?}: {stderr}"
+        );
+        assert!(!dir.join("out").exists(), "nothing is written");
+    }
+}
+
+#[test]
 fn a_bad_device_list_for_training_is_an_error_message() {
     let out = temp_dir("devices");
     for (list, says) in [

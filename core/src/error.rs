@@ -44,6 +44,9 @@ pub enum SftokError {
     /// A folder given as a model directory is not one.
     #[error("{0}")]
     ModelDir(#[from] crate::checkpoint::model_dir::ModelDirError),
+    /// A file given to an import is missing or a folder.
+    #[error("{0}")]
+    Import(#[from] crate::checkpoint::model_dir::ImportError),
     #[error("{0}")]
     Frechet(#[from] crate::eval::frechet::FrechetError),
     #[error("cannot draw the plot: {0}")]

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use sftok_core::checkpoint::import_official;
 use sftok_core::{DeviceChoice, SftokConfig};
 
@@ -43,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.out,
         &device.device,
     )
-    .with_context(|| format!("importing {}", args.weights.display()))?;
+    .map_err(|e| super::import_error(e, &args.weights))?;
     eprintln!(
         "wrote {} ({} model, {} px{})",
         args.out.display(),

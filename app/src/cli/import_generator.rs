@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use sftok_core::DeviceChoice;
 use sftok_core::generator::import_official_generator;
 
@@ -36,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.out,
         &device.device,
     )
-    .with_context(|| format!("importing {}", args.weights.display()))?;
+    .map_err(|e| super::import_error(e, &args.weights))?;
     let c = &loaded.config;
     eprintln!(
         "wrote {} (generator: {} layers of {}, {} classes, {} tokens of {} codes)",

@@ -93,6 +93,22 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 
 pub use crate::assets::{assets_dir, bundled_pair, default_model_dir};
 
+/// A library error of an import, with the flag of the file it is about.
+pub fn import_error(e: sftok_core::SftokError, importing: &std::path::Path) -> anyhow::Error {
+    use sftok_core::checkpoint::model_dir::ImportInput;
+    match e {
+        sftok_core::SftokError::Import(e) => {
+            let flag = match e.input() {
+                ImportInput::Weights => "--weights",
+                ImportInput::Config => "--config",
+                ImportInput::Teacher => "--teacher",
+            };
+            anyhow::anyhow!("{e}: check {flag}")
+        }
+        other => anyhow::Error::from(other).context(format!("importing {}", importing.display())),
+    }
+}
+
 pub fn device(choice: DeviceChoice) -> anyhow::Result<ChosenDevice> {
     Ok(sftok_core::choose_device(choice)?)
 }

@@ -238,6 +238,70 @@ pub fn save_model_dir(
     write_safetensors(&dir.join(MODEL_FILE), &state_dict(model))
 }
 
+/// A file an import reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportInput {
+    /// The official weights (`pytorch_model.bin` or `.safetensors`).
+    Weights,
+    /// The official configuration (`config.json`).
+    Config,
+    /// The teacher's weights.
+    Teacher,
+}
+
+impl std::fmt::Display for ImportInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImportInput::Weights => "weights file",
+            ImportInput::Config => "configuration file",
+            ImportInput::Teacher => "teacher weights file",
+        })
+    }
+}
+
+/// What is wrong with a file given to an import. The messages name the file, not a command-line
+/// flag: the command line adds its flag ([`ImportInput`] says which).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the {input} {} does not exist", path.display())]
+    Missing { input: ImportInput, path: PathBuf },
+    #[error("the {input} {} is a folder; give the file itself", path.display())]
+    IsAFolder { input: ImportInput, path: PathBuf },
+    #[error(
+        "{} holds no pytorch_model.bin or model.safetensors; give the checkpoint file (the official one is ema_model/pytorch_model.bin)",
+        path.display()
+    )]
+    NoCheckpointInFolder { path: PathBuf },
+}
+
+impl ImportError {
+    /// The input the error is about.
+    pub fn input(&self) -> ImportInput {
+        match self {
+            ImportError::Missing { input, .. } | ImportError::IsAFolder { input, .. } => *input,
+            ImportError::NoCheckpointInFolder { .. } => ImportInput::Weights,
+        }
+    }
+}
+
+/// `path` is a file, or the error that says what it is instead.
+pub fn check_import_file(input: ImportInput, path: &Path) -> std::result::Result<(), ImportError> {
+    let path_buf = path.to_path_buf();
+    if path.is_file() {
+        Ok(())
+    } else if path.is_dir() {
+        Err(ImportError::IsAFolder {
+            input,
+            path: path_buf,
+        })
+    } else {
+        Err(ImportError::Missing {
+            input,
+            path: path_buf,
+        })
+    }
+}
+
 /// `sftok import`: official weights (`pytorch_model.bin` or `.safetensors`), an optional official
 /// `config.json` (else `fallback_config`), and an optional teacher file, into a model directory.
 pub fn import_official(
@@ -249,23 +313,13 @@ pub fn import_official(
     device: &Device,
 ) -> Result<LoadedModel> {
     // Every input is checked before any is read (the weights can be hundreds of MB).
-    for (flag, path) in [
-        ("--weights", Some(weights)),
-        ("--config", config_file),
-        ("--teacher", teacher_file),
+    for (input, path) in [
+        (ImportInput::Weights, Some(weights)),
+        (ImportInput::Config, config_file),
+        (ImportInput::Teacher, teacher_file),
     ] {
-        if let Some(path) = path
-            && !path.is_file()
-        {
-            return Err(SftokError::Other(format!(
-                "{flag} {}: {}",
-                path.display(),
-                if path.is_dir() {
-                    "is a folder; give the file itself"
-                } else {
-                    "no such file"
-                }
-            )));
+        if let Some(path) = path {
+            check_import_file(input, path)?;
         }
     }
     let config = match config_file {

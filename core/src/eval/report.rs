@@ -174,8 +174,8 @@ pub fn evaluate(
     progress: Progress,
 ) -> Result<EvalReport> {
     if opts.steps.is_empty() || opts.steps.contains(&0) {
-        return Err(SftokError::Other(
-            "--steps needs step counts of at least 1, e.g. 1,2,4,8".into(),
+        return Err(SftokError::InvalidConfig(
+            "the step counts to evaluate must be at least 1, e.g. 1,2,4,8".into(),
         ));
     }
     let keep_size = models

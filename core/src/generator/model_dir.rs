@@ -9,7 +9,8 @@ use super::bert::ImageBert;
 use super::config::GeneratorConfig;
 use crate::checkpoint::files::{read_weights, write_atomic, write_safetensors};
 use crate::checkpoint::model_dir::{
-    CONFIG_FILE, MODEL_FILE, ModelKind, check_model_dir, published_model_dir,
+    CONFIG_FILE, ImportError, ImportInput, MODEL_FILE, ModelKind, check_import_file,
+    check_model_dir, published_model_dir,
 };
 use crate::checkpoint::state::{StateDict, load_state_dict, state_dict};
 use crate::error::{Result, SftokError};
@@ -93,16 +94,16 @@ fn weights_file(path: &Path) -> Result<PathBuf> {
                 return Ok(file);
             }
         }
-        return Err(SftokError::Other(format!(
-            "--weights {}: a folder without pytorch_model.bin or model.safetensors; give the \
-             checkpoint file (the official one is ema_model/pytorch_model.bin)",
-            path.display()
-        )));
+        return Err(ImportError::NoCheckpointInFolder {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
-    Err(SftokError::Other(format!(
-        "--weights {}: no such file",
-        path.display()
-    )))
+    Err(ImportError::Missing {
+        input: ImportInput::Weights,
+        path: path.to_path_buf(),
+    }
+    .into())
 }
 
 /// `sftok import-generator`: official generator weights and an optional config (the official
@@ -115,18 +116,8 @@ pub fn import_official_generator(
     device: &Device,
 ) -> Result<LoadedGenerator> {
     let weights = weights_file(weights)?;
-    if let Some(path) = config_file
-        && !path.is_file()
-    {
-        return Err(SftokError::Other(format!(
-            "--config {}: {}",
-            path.display(),
-            if path.is_dir() {
-                "is a folder; give the file itself"
-            } else {
-                "no such file"
-            }
-        )));
+    if let Some(path) = config_file {
+        check_import_file(ImportInput::Config, path)?;
     }
     let config = match config_file {
         Some(path) => GeneratorConfig::from_file(path)?,
