@@ -1,7 +1,7 @@
 //! End-to-end tests of the `sftok` command line: the real binary, real files.
 
 mod common;
-use common::{repo, sftok, temp_dir};
+use common::{refused, repo, sftok, temp_dir};
 
 #[test]
 fn reconstruct_writes_a_strip_and_prints_psnr_per_step() {
@@ -67,10 +67,8 @@ fn a_bad_image_is_an_error_message_not_a_panic() {
         .arg(&bad)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&result);
     assert!(stderr.contains("not an image that can be read"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// A missing image is reported once, with the OS's reason said once, before any model is read
@@ -81,8 +79,7 @@ fn a_missing_image_is_said_once_before_the_model_is_read() {
         .args(["reconstruct", "--device", "cpu", "/nonexistent/photo.png"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&result);
     assert_eq!(
         stderr.matches("No such file or directory").count(),
         1,
@@ -108,8 +105,7 @@ fn a_missing_model_is_an_error_message() {
         .arg(repo().join("assets/samples/chelsea.png"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&result);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
@@ -164,8 +160,7 @@ fn importing_a_non_checkpoint_says_so() {
         .arg(dir.join("out"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&result);
     assert!(stderr.contains("not a usable weights file"), "{stderr}");
 }
 
@@ -213,8 +208,7 @@ fn an_import_of_a_missing_file_or_a_folder_names_the_flag() {
             .arg(dir.join("out"))
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        let stderr = refused(&result);
         let flag = args[args.len() - 2].to_string_lossy().to_string();
         assert!(
             stderr.contains(says) && stderr.contains(&format!("check {flag}")),
@@ -251,10 +245,8 @@ fn a_bad_device_list_for_training_is_an_error_message() {
             .arg(out.join("run"))
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{list}: {stderr}");
+        let stderr = refused(&result);
         assert!(stderr.contains(says), "{list}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
 
@@ -292,8 +284,7 @@ fn a_run_that_cannot_start_names_the_flag_to_change() {
             .arg(out.join("run"))
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{args:?}: {stderr}");
+        let stderr = refused(&result);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(
             !out.join("run").join("checkpoints").exists(),

@@ -102,12 +102,18 @@ pub fn check_model_dir(dir: &Path, kind: ModelKind) -> std::result::Result<(), M
     if !dir.is_dir() {
         return Err(ModelDirError::Missing { path, kind });
     }
-    for file in [CONFIG_FILE, MODEL_FILE] {
-        if !dir.join(file).is_file() {
-            return Err(ModelDirError::Lacks { path, kind, file });
-        }
+    match missing_model_file(dir) {
+        Some(file) => Err(ModelDirError::Lacks { path, kind, file }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first of the files every model directory holds ([`CONFIG_FILE`], [`MODEL_FILE`]) that
+/// `dir` lacks.
+pub fn missing_model_file(dir: &Path) -> Option<&'static str> {
+    [CONFIG_FILE, MODEL_FILE]
+        .into_iter()
+        .find(|file| !dir.join(file).is_file())
 }
 
 /// Loads `dir/config.json`, `dir/model.safetensors` and, if present, `dir/teacher.safetensors`.

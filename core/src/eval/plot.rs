@@ -139,25 +139,29 @@ fn draw_panel(
     p: &Panel,
     font: &str,
 ) -> Result<()> {
-    let points = |s: &Series| -> Vec<(f64, f64)> {
-        s.points
-            .iter()
-            .copied()
-            .filter(|&(x, y)| x.is_finite() && y.is_finite())
-            .collect()
-    };
+    // Each series' points with a finite x and y, once.
+    let finite: Vec<Vec<(f64, f64)>> = p
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .copied()
+                .filter(|&(x, y)| x.is_finite() && y.is_finite())
+                .collect()
+        })
+        .collect();
     // A log2 axis when every x is positive: the decoding steps 1, 2, 4, 8, 16 spread evenly.
-    let log_x = p.x_ticks.iter().all(|&x| x > 0.0)
-        && p.series.iter().flat_map(&points).all(|(x, _)| x > 0.0);
+    let log_x = p.x_ticks.iter().all(|&x| x > 0.0) && finite.iter().flatten().all(|q| q.0 > 0.0);
     let fx = move |x: f64| if log_x { x.log2() } else { x };
     let xs: Vec<f64> = p
         .x_ticks
         .iter()
         .copied()
-        .chain(p.series.iter().flat_map(&points).map(|q| q.0))
+        .chain(finite.iter().flatten().map(|q| q.0))
         .map(fx)
         .collect();
-    let ys: Vec<f64> = p.series.iter().flat_map(&points).map(|q| q.1).collect();
+    let ys: Vec<f64> = finite.iter().flatten().map(|q| q.1).collect();
     let (xmin, xmax) = range(&xs, 0.02);
     let (ymin, ymax) = range(&ys, 0.08);
     let key_points: Vec<f64> = p.x_ticks.iter().copied().map(fx).collect();
@@ -211,12 +215,9 @@ fn draw_panel(
             .map_err(plot_error)?;
         }
     }
-    let to_axis = |s: &Series| -> Vec<(f64, f64)> {
-        points(s).into_iter().map(|(x, y)| (fx(x), y)).collect()
-    };
-    for s in &p.series {
+    for (s, points) in p.series.iter().zip(finite) {
         let colour = rgb(s.colour);
-        let line = to_axis(s);
+        let line: Vec<(f64, f64)> = points.into_iter().map(|(x, y)| (fx(x), y)).collect();
         if s.dashed {
             chart
                 .draw_series(DashedLineSeries::new(line, 8, 6, colour.stroke_width(2)))
@@ -234,7 +235,7 @@ fn draw_panel(
 }
 
 /// The span of `values` with `pad` of it added on each side; never empty (a flat or single value
-/// gets a unit span), `(0, 1)` when there is nothing.
+/// gets a span of a tenth of its magnitude, at least 0.1), `(0, 1)` when there is nothing.
 fn range(values: &[f64], pad: f64) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -243,7 +244,7 @@ fn range(values: &[f64], pad: f64) -> (f64, f64) {
     }
     let span = max - min;
     if span <= 1e-9 * max.abs().max(1.0) {
-        let half = 0.5 * max.abs().max(1.0) * 0.1;
+        let half = 0.05 * max.abs().max(1.0);
         return (min - half, max + half);
     }
     (min - pad * span, max + pad * span)

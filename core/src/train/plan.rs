@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use super::config::{PerceptualWeights, StageKind, TrainConfig};
 use super::sfvr::Stage2Inputs;
 use super::starting_point::model_config_of;
-use crate::checkpoint::model_dir::{carries_teacher, published_model_dir};
-use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TEACHER_FILE};
+use crate::checkpoint::model_dir::{carries_teacher, missing_model_file, published_model_dir};
+use crate::checkpoint::{MODEL_FILE, TEACHER_FILE};
 use crate::config::SftokConfig;
 use crate::error::SftokError;
 
@@ -140,15 +140,13 @@ fn has_model(path: &Path) -> bool {
 pub fn check_model_folder(path: &Path) -> Result<PathBuf, PlanError> {
     check_folder(PlanInput::Model, path)?;
     let dir = published_model_dir(path);
-    for file in [CONFIG_FILE, MODEL_FILE] {
-        if !dir.join(file).is_file() {
-            return Err(PlanError::NotAModel {
-                path: path.to_path_buf(),
-                missing: file,
-            });
-        }
+    match missing_model_file(&dir) {
+        Some(missing) => Err(PlanError::NotAModel {
+            path: path.to_path_buf(),
+            missing,
+        }),
+        None => Ok(dir),
     }
-    Ok(dir)
 }
 
 /// How the codebook of a teacher run learns.
@@ -381,6 +379,7 @@ impl RunPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CONFIG_FILE;
 
     #[test]
     fn a_model_folder_is_a_model_directory_or_the_run_that_published_one() {

@@ -205,9 +205,7 @@ fn run_folders_and_resume() {
         ..TrainSettings::default()
     };
     let config = write_run_config(&run, &s);
-    let ckpt = run.join("checkpoints/step_00000005");
-    std::fs::create_dir_all(&ckpt).unwrap();
-    std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    fake_checkpoint(&run, 5);
     let e = check_new_run_dir(&run).unwrap_err();
     assert!(e.contains("Resume") && e.contains("step 5"), "{e}");
     assert_eq!(resume_config(&run, 10).unwrap().steps, 30);
@@ -230,9 +228,7 @@ fn the_trainers_errors_name_the_apps_controls() {
         ..TrainSettings::default()
     };
     let config = write_run_config(&run, &s);
-    let ckpt = run.join("checkpoints/step_00000002");
-    std::fs::create_dir_all(&ckpt).unwrap();
-    std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    fake_checkpoint(&run, 2);
     let e = sftok_core::train::train(
         config.clone(),
         &run,
@@ -585,10 +581,15 @@ fn fake_run(tag: &str, steps: u64) -> PathBuf {
     for step in [2, steps] {
         std::fs::copy(sample, run.join(format!("previews/step_{step:08}.png"))).unwrap();
     }
-    let ckpt = run.join(format!("checkpoints/step_{steps:08}"));
+    fake_checkpoint(&run, steps);
+    run
+}
+
+/// A checkpoint folder at `step` in `run`, as far as the run folder's readers look.
+fn fake_checkpoint(run: &Path, step: u64) {
+    let ckpt = run.join(format!("checkpoints/step_{step:08}"));
     std::fs::create_dir_all(&ckpt).unwrap();
     std::fs::write(ckpt.join("state.json"), "{}").unwrap();
-    run
 }
 
 #[test]
