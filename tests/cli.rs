@@ -106,7 +106,26 @@ fn a_missing_model_is_an_error_message() {
         .output()
         .unwrap();
     let stderr = refused(&result);
-    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+}
+
+/// The bundled teacher's folder is the wrong folder a user is most likely to try: said once,
+/// with the folder to use instead.
+#[test]
+fn a_teacher_folder_given_as_the_model_names_the_folder_to_use() {
+    let result = sftok()
+        .args(["reconstruct", "--device", "cpu", "--model"])
+        .arg(repo().join("assets/models/teacher"))
+        .arg(repo().join("assets/samples/chelsea.png"))
+        .output()
+        .unwrap();
+    let stderr = refused(&result);
+    assert_eq!(
+        stderr.matches("holds only a teacher").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("assets/models/sfvr"), "{stderr}");
 }
 
 #[test]

@@ -28,9 +28,11 @@ pub enum SftokError {
     Weights { path: PathBuf, message: String },
     #[error("the weights in {path} do not fit this model:\n{report}")]
     KeyMismatch { path: PathBuf, report: String },
-    #[error("{0}")]
+    // `transparent`, not "{0}" with a `#[from]` source: `{:#}` printing (the CLI's) would
+    // otherwise say the inner message twice.
+    #[error(transparent)]
     Image(#[from] crate::image_io::ImageError),
-    #[error("{0}")]
+    #[error(transparent)]
     PyTorch(#[from] crate::checkpoint::pytorch::PyTorchError),
     #[error("device: {0}")]
     Device(String),
@@ -39,15 +41,15 @@ pub enum SftokError {
     #[error("{0}")]
     Plan(Box<crate::train::plan::PlanError>),
     /// The training or evaluation images (a missing folder, no readable image...).
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] crate::data::DataError),
     /// A folder given as a model directory is not one.
-    #[error("{0}")]
+    #[error(transparent)]
     ModelDir(#[from] crate::checkpoint::model_dir::ModelDirError),
     /// A file given to an import is missing or a folder.
-    #[error("{0}")]
+    #[error(transparent)]
     Import(#[from] crate::checkpoint::model_dir::ImportError),
-    #[error("{0}")]
+    #[error(transparent)]
     Frechet(#[from] crate::eval::frechet::FrechetError),
     #[error("cannot draw the plot: {0}")]
     Plot(String),

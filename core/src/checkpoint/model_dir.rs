@@ -91,6 +91,12 @@ pub enum ModelDirError {
         kind: ModelKind,
         file: &'static str,
     },
+    /// The teacher alone (as `assets/models/teacher`): the one folder a user is likely to try.
+    #[error(
+        "{} holds only a teacher ({TEACHER_FILE}), not a {}; pass a tokenizer model directory such as assets/models/sfvr (it carries its teacher: the strip's last image is the teacher's own reconstruction)",
+        path.display(), kind.noun()
+    )]
+    OnlyTeacher { path: PathBuf, kind: ModelKind },
 }
 
 /// Checks that `dir` is a folder holding a configuration and weights.
@@ -103,6 +109,9 @@ pub fn check_model_dir(dir: &Path, kind: ModelKind) -> std::result::Result<(), M
         return Err(ModelDirError::Missing { path, kind });
     }
     match missing_model_file(dir) {
+        Some(MODEL_FILE) if dir.join(TEACHER_FILE).is_file() => {
+            Err(ModelDirError::OnlyTeacher { path, kind })
+        }
         Some(file) => Err(ModelDirError::Lacks { path, kind, file }),
         None => Ok(()),
     }
