@@ -158,14 +158,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..ReconstructOptions::default()
     };
     eprintln!(
-        "generator {} ({} layers, {} classes) and tokenizer {} on {}: {} images, {} generator \
+        "generator {} ({} layers, {} classes) and tokenizer {} on {}: {}, {} generator \
          steps, guidance {} ({}), temperature {}, seed {}",
         generator.dir.display(),
         gcfg.num_hidden_layers,
         gcfg.condition_num_classes,
         tokenizer.dir.display(),
         chosen.description,
-        batch.len(),
+        count_noun(batch.len(), "image"),
         opts.steps,
         opts.guidance_scale,
         opts.guidance_decay.name(),
@@ -228,9 +228,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "wrote {} ({} rows: {}) in {:.1} s",
+        "wrote {} ({}: {}) in {:.1} s",
         args.out.display(),
-        classes.len(),
+        count_noun(classes.len(), "row"),
         classes
             .iter()
             .map(|c| c.map_or("unconditional".into(), |c| gcfg.class_label(c)))
@@ -330,4 +330,13 @@ fn write_trace(
     save_png(&grid(&rows, 1, 2), &png)?;
     eprintln!("wrote {} and {}", path.display(), png.display());
     Ok(())
+}
+
+/// "1 image", "3 images".
+fn count_noun(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
