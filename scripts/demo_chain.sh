@@ -4,7 +4,7 @@
 #   scripts/demo_chain.sh PART [PART ...]
 #
 # PART: teacher | teacher2 | stage1 | sfvr | vanilla | sfvr3 | vanilla3 | sfvr3b | vanilla3b |
-#       sfvr3c | vanilla3c | sfvr3d | vanilla3d | bundle | eval
+#       sfvr3c | vanilla3c | sfvr3d | vanilla3d | sfvr3e | vanilla3e | bundle | eval
 # (teacher2: the teacher continued from `teacher` with --init at a lower learning rate; the
 #  bundled teacher. TEACHER_RUN=teacher2 makes stage 1 learn its codes; the bundled token models
 #  of 2026-12-02 were trained against `teacher`, the default)
@@ -15,7 +15,9 @@
 #  are what docs/experiments.md compares; sfvr3d / vanilla3d: stage 3 continued from 3c (or the
 #  bundled models) with the encoder frozen, as the paper trains stage 3, so that the latent tokens,
 #  and the demo generator trained on them, stay as they are; tried for SFVR on 2026-12-07: +0.03 dB
-#  in 2500 steps, not bundled (docs/token_stages.md); `bundle` takes 3d over 3c when it is there)
+#  in 2500 steps, not bundled (docs/token_stages.md); sfvr3e / vanilla3e: end to end again, from
+#  3c (or the bundled models), for 5000 steps at 5e-4, fourth session of 2026-12-07; `bundle`
+#  takes the latest of 3e, 3d, 3c that is there)
 # Each training part resumes its run when the run folder already holds checkpoints, so a part
 # cut short (a session's time limit, Ctrl-C) is continued by running the same command again.
 # `bundle` copies the finished models into assets/models/; `eval` writes docs/eval.{md,json,png}.
@@ -39,6 +41,8 @@ STAGE3C_STEPS=${STAGE3C_STEPS:-3000}
 STAGE3C_LR=${STAGE3C_LR:-5e-4}
 STAGE3D_STEPS=${STAGE3D_STEPS:-2500}
 STAGE3D_LR=${STAGE3D_LR:-3e-4}
+STAGE3E_STEPS=${STAGE3E_STEPS:-5000}
+STAGE3E_LR=${STAGE3E_LR:-5e-4}
 
 for part in "$@"; do
   case $part in
@@ -78,6 +82,12 @@ for part in "$@"; do
       [ -e "$init/model/model.safetensors" ] || init="assets/models/${part%3d}"
       train "$RUNS/$part" stage3 --init "$init" --steps "$STAGE3D_STEPS" --lr "$STAGE3D_LR" --no-gan
       ;;
+    sfvr3e | vanilla3e)
+      init="$RUNS/${part%e}c"
+      [ -e "$init/model/model.safetensors" ] || init="assets/models/${part%3e}"
+      train "$RUNS/$part" stage3 --init "$init" --steps "$STAGE3E_STEPS" --lr "$STAGE3E_LR" \
+        --no-gan --train-encoder
+      ;;
     bundle)
       mkdir -p assets/models/teacher assets/models/sfvr assets/models/vanilla
       teacher=teacher
@@ -92,6 +102,7 @@ for part in "$@"; do
         [ -e "$RUNS/${m}3b/model/model.safetensors" ] && run="$RUNS/${m}3b"
         [ -e "$RUNS/${m}3c/model/model.safetensors" ] && run="$RUNS/${m}3c"
         [ -e "$RUNS/${m}3d/model/model.safetensors" ] && run="$RUNS/${m}3d"
+        [ -e "$RUNS/${m}3e/model/model.safetensors" ] && run="$RUNS/${m}3e"
         cp "$run/model/config.json" "$run/model/model.safetensors" \
           "$run/model/teacher.safetensors" "assets/models/$m/"
       done
@@ -101,7 +112,7 @@ for part in "$@"; do
         --steps 1,2,4,8,16 --json docs/eval.json --markdown docs/eval.md --plot docs/eval.png
       ;;
     *)
-      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, sfvr3c, vanilla3c, sfvr3d, vanilla3d, bundle or eval" >&2
+      echo "unknown part $part: use teacher, teacher2, stage1, sfvr, vanilla, sfvr3, vanilla3, sfvr3b, vanilla3b, sfvr3c, vanilla3c, sfvr3d, vanilla3d, sfvr3e, vanilla3e, bundle or eval" >&2
       exit 2
       ;;
   esac
