@@ -468,7 +468,12 @@ impl StudioApp {
     fn messages_ui(&mut self, ui: &mut egui::Ui) {
         let mut dismiss = None;
         for (i, m) in self.messages.iter().enumerate().rev().take(3) {
-            ui.horizontal(|ui| {
+            // Wrapped, with Dismiss first: a long path must not push the button out of a small
+            // window.
+            ui.horizontal_wrapped(|ui| {
+                if ui.small_button("Dismiss").clicked() {
+                    dismiss = Some(i);
+                }
                 // Failures in the error colour, news (a finished run) in the normal text colour.
                 let colour = if m.error {
                     ui.visuals().error_fg_color
@@ -481,9 +486,6 @@ impl StudioApp {
                     egui::RichText::new(if m.error { "Problem:" } else { "Done:" }).strong(),
                 );
                 ui.colored_label(colour, &m.text);
-                if ui.small_button("Dismiss").clicked() {
-                    dismiss = Some(i);
-                }
             });
         }
         if let Some(i) = dismiss {
@@ -543,8 +545,16 @@ impl eframe::App for StudioApp {
                 )),
             }
         }
+        if self.training.take_started() {
+            // What kept a run from starting is fixed now: its problems would only mislead.
+            self.messages.retain(|m| !m.from_training);
+        }
         if let Some(e) = self.training.take_error() {
-            self.messages.push_error(e);
+            self.messages.push(Message {
+                text: e,
+                error: true,
+                from_training: true,
+            });
         }
         // Never lose a running training to a closed window.
         if ctx.input(|i| i.viewport().close_requested()) && self.training.is_running() {
@@ -639,6 +649,8 @@ pub struct Message {
     pub text: String,
     /// A failure (shown in the error colour) rather than news.
     pub error: bool,
+    /// A problem the training panel reported (cleared when a run starts).
+    pub from_training: bool,
 }
 
 /// Pushing messages by kind.
@@ -652,12 +664,14 @@ impl Messages for Vec<Message> {
         self.push(Message {
             text: text.into(),
             error: true,
+            from_training: false,
         });
     }
     fn push_info(&mut self, text: impl Into<String>) {
         self.push(Message {
             text: text.into(),
             error: false,
+            from_training: false,
         });
     }
 }

@@ -219,6 +219,12 @@ pub struct TrainingPanel {
     pub(crate) preview: PreviewTexture,
     pub(crate) probe: ResumeProbe,
     pub(crate) device: DeviceChoice,
+    /// The run folder of the last one-click fine-tune: Resume continues it to its own step
+    /// count, not to the Train form's.
+    pub(crate) finetune_run: Option<PathBuf>,
+    /// A run has started since the front end last asked ([`Self::take_started`]): the problems
+    /// it reported before are stale.
+    pub(crate) started: bool,
 }
 
 impl TrainingPanel {
@@ -232,6 +238,8 @@ impl TrainingPanel {
             preview: PreviewTexture::default(),
             probe: ResumeProbe::default(),
             device: DeviceChoice::Auto,
+            finetune_run: None,
+            started: false,
         };
         if let Some(dir) = panel.settings.followed.clone() {
             // Follow again what was followed last time, if it is still there.
@@ -295,6 +303,11 @@ impl TrainingPanel {
         self.error.take()
     }
 
+    /// Whether a run has started since the last call (cleared when read).
+    pub fn take_started(&mut self) -> bool {
+        std::mem::take(&mut self.started)
+    }
+
     // ---- actions ----
 
     pub(crate) fn report(&mut self, result: Result<(), String>) {
@@ -324,7 +337,13 @@ impl TrainingPanel {
                 .run_dir
                 .clone()
                 .ok_or("choose the run folder to resume")?;
-            let config = resume_config(&run_dir, self.settings.steps)?;
+            // A fine-tune continues to its own length (the form's steps are another run's).
+            let steps = if self.finetune_run.as_ref() == Some(&run_dir) {
+                0
+            } else {
+                self.settings.steps
+            };
+            let config = resume_config(&run_dir, steps)?;
             (run_dir, config)
         } else {
             let run_dir = self
@@ -352,7 +371,18 @@ impl TrainingPanel {
         self.check_finetune(&base, images)?;
         let placed = gather_images(images, &run_dir.join("data"))?;
         let config = finetune_config(&base, &run_dir, placed, steps)?;
-        self.launch(config, run_dir, false, JobKind::FineTune { base }, ctx)
+        self.launch(
+            config,
+            run_dir.clone(),
+            false,
+            JobKind::FineTune { base },
+            ctx,
+        )?;
+        // The run folder is the fine-tune's now, so that Resume (which the stopped status
+        // offers) continues it.
+        self.settings.run_dir = Some(run_dir.clone());
+        self.finetune_run = Some(run_dir);
+        Ok(())
     }
 
     pub(crate) fn check_finetune(&self, base: &Path, images: &[PathBuf]) -> Result<(), String> {
@@ -388,6 +418,7 @@ impl TrainingPanel {
             pausing: false,
         });
         self.probe = ResumeProbe::default();
+        self.started = true;
         Ok(())
     }
 

@@ -537,6 +537,12 @@ fn a_fine_tune_opens_beside_its_base() {
     }
     assert_eq!(std::fs::read_dir(run.join("data")).unwrap().count(), 2);
     assert_eq!(panel.live.step, 3);
+    // The start is announced once (the front end drops the problems reported before it), and
+    // the run folder is the fine-tune's, so Resume offers to continue it.
+    assert!(panel.take_started());
+    assert!(!panel.take_started());
+    assert_eq!(panel.settings.run_dir.as_ref(), Some(&run));
+    assert_eq!(panel.finetune_run.as_ref(), Some(&run));
 }
 
 /// Writes the run configuration these settings give into `run/config.json`, as a run's start does.

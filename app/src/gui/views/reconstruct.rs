@@ -173,16 +173,25 @@ pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label
     });
 }
 
+/// "1 step", "8 steps".
+fn steps_label(t: usize) -> String {
+    if t == 1 {
+        "1 step".into()
+    } else {
+        format!("{t} steps")
+    }
+}
+
 /// T, the step slider, play/pause and step buttons.
 pub fn scrubber_ui(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.label("Steps T:");
         let before = app.settings.steps;
         egui::ComboBox::from_id_salt("steps-t")
-            .selected_text(format!("{} steps", app.settings.steps))
+            .selected_text(steps_label(app.settings.steps))
             .show_ui(ui, |ui| {
                 for t in [1, 2, 4, 8, 12, 16, 24, 32] {
-                    ui.selectable_value(&mut app.settings.steps, t, format!("{t} steps"));
+                    ui.selectable_value(&mut app.settings.steps, t, steps_label(t));
                 }
             });
         if app.settings.steps != before {
@@ -399,6 +408,7 @@ pub fn psnr_plot_ui(
 ) {
     // Whole step numbers on the x axis: every step up to T = 16, then every 5th or 10th.
     let last = series_len(series).max(1);
+    let (x_from, x_to) = reference_span(last);
     let tick = if last <= 16 {
         1.0
     } else if last <= 40 {
@@ -424,6 +434,8 @@ pub fn psnr_plot_ui(
         // Room above the highest line for the legend (the models only) in the upper left; the
         // reference lines are labelled where they end instead of in the legend.
         .include_y(headroom_top(series, teacher_db, block_db))
+        .include_x(x_from)
+        .include_x(x_to)
         .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
         .allow_scroll(false)
         .allow_zoom(false)
@@ -441,7 +453,7 @@ pub fn psnr_plot_ui(
                         .radius(3.0),
                 );
             }
-            let end = series_len(series) as f64;
+            let end = x_to;
             let label = |plot: &mut egui_plot::PlotUi<'_>, y: f64, text: String, colour| {
                 plot.text(
                     egui_plot::Text::new("", egui_plot::PlotPoint::new(end, y), text)
@@ -452,7 +464,7 @@ pub fn psnr_plot_ui(
             if let Some(t) = teacher_db {
                 let colour = Color32::from_rgb(200, 90, 90);
                 plot.line(
-                    Line::new("", PlotPoints::from(vec![[1.0, t], [end, t]]))
+                    Line::new("", PlotPoints::from(vec![[x_from, t], [end, t]]))
                         .color(colour)
                         .style(egui_plot::LineStyle::dashed_loose()),
                 );
@@ -465,7 +477,7 @@ pub fn psnr_plot_ui(
                     Color32::from_gray(110)
                 };
                 plot.line(
-                    Line::new("", PlotPoints::from(vec![[1.0, db], [end, db]]))
+                    Line::new("", PlotPoints::from(vec![[x_from, db], [end, db]]))
                         .color(colour)
                         .style(egui_plot::LineStyle::dashed_dense()),
                 );
@@ -501,6 +513,16 @@ fn headroom_top(
 
 /// The last step of the series (the final step's point is always there, while earlier steps'
 /// points arrive as their images are decoded).
+/// Where the reference lines run: from step 1 to step T, or, at T = 1, half a step either side
+/// of the one point (a line from 1 to 1 has no length and would leave only its label).
+fn reference_span(last_step: usize) -> (f64, f64) {
+    if last_step > 1 {
+        (1.0, last_step as f64)
+    } else {
+        (0.5, 1.5)
+    }
+}
+
 fn series_len(series: &[(&str, &Vec<[f64; 2]>)]) -> usize {
     series
         .iter()
@@ -551,5 +573,19 @@ fn latent_strip_ui(
                 app.edit.edited.insert(image_id, ids);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_lines_have_length_at_one_step_too() {
+        assert_eq!(reference_span(8), (1.0, 8.0));
+        let (from, to) = reference_span(1);
+        assert!(from < 1.0 && to > 1.0, "{from}..{to}");
+        assert_eq!(steps_label(1), "1 step");
+        assert_eq!(steps_label(16), "16 steps");
     }
 }
