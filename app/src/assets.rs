@@ -11,17 +11,20 @@ pub fn assets_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => {
             let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets"));
-            let beside_exe = std::env::current_exe().ok().into_iter().flat_map(|exe| {
-                exe.ancestors()
-                    .skip(1)
-                    .map(|d| d.join("assets"))
-                    .collect::<Vec<_>>()
-            });
-            let candidates: Vec<PathBuf> = std::iter::once(built.clone())
+            // Lazily: the app asks every frame (the fine-tune's default base), and the built
+            // tree, which is usually there, must cost no more than one look.
+            let beside_exe = std::iter::once_with(|| std::env::current_exe().ok())
+                .flatten()
+                .flat_map(|exe| {
+                    exe.ancestors()
+                        .skip(1)
+                        .map(|d| d.join("assets"))
+                        .collect::<Vec<_>>()
+                });
+            let candidates = std::iter::once(built.clone())
                 .chain(beside_exe)
-                .chain(std::iter::once(PathBuf::from("assets")))
-                .collect();
-            first_assets_folder(&candidates).unwrap_or(built)
+                .chain(std::iter::once(PathBuf::from("assets")));
+            first_assets_folder(candidates).unwrap_or(built)
         }
     };
     // `<checkout>/assets`, not `<checkout>/app/../assets`, wherever a user sees it.
@@ -29,8 +32,8 @@ pub fn assets_dir() -> PathBuf {
 }
 
 /// The first candidate that looks like this project's assets (it has `models/`).
-fn first_assets_folder(candidates: &[PathBuf]) -> Option<PathBuf> {
-    candidates.iter().find(|d| is_assets_folder(d)).cloned()
+fn first_assets_folder(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|d| is_assets_folder(d))
 }
 
 fn is_assets_folder(dir: &Path) -> bool {
@@ -78,10 +81,10 @@ mod tests {
         std::fs::create_dir_all(with.join("models")).unwrap();
         let missing = root.join("c/assets");
         assert_eq!(
-            first_assets_folder(&[missing.clone(), without.clone(), with.clone()]),
+            first_assets_folder([missing.clone(), without.clone(), with.clone()]),
             Some(with)
         );
-        assert_eq!(first_assets_folder(&[missing, without]), None);
+        assert_eq!(first_assets_folder([missing, without]), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod cli;
 pub mod gui;
+pub mod words;
 
 #[cfg(test)]
 mod front_ends_agree;

@@ -15,6 +15,8 @@ use sftok_core::image_io::{
 };
 use sftok_core::reconstruct::ReconstructOptions;
 
+use crate::words::count_noun;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Generator directory (config.json with "model_type": "maskgit" + model.safetensors);
@@ -330,13 +332,4 @@ fn write_trace(
     save_png(&grid(&rows, 1, 2), &png)?;
     eprintln!("wrote {} and {}", path.display(), png.display());
     Ok(())
-}
-
-/// "1 image", "3 images".
-fn count_noun(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }

@@ -175,11 +175,7 @@ pub fn model_picker_ui(app: &mut StudioApp, ui: &mut egui::Ui, slot: Slot, label
 
 /// "1 step", "8 steps".
 fn steps_label(t: usize) -> String {
-    if t == 1 {
-        "1 step".into()
-    } else {
-        format!("{t} steps")
-    }
+    crate::words::count_noun(t, "step")
 }
 
 /// T, the step slider, play/pause and step buttons.

@@ -14,6 +14,7 @@ use crate::gui::training::labels::{metric_colour, metric_label};
 use crate::gui::training::setup::FINETUNE_STEPS;
 use crate::gui::training::tail::is_loss_term;
 use crate::gui::training::{FOLLOW_INTERVAL, JobKind, MAX_PLOT_POINTS, TrainingPanel};
+use crate::words::count_noun;
 
 impl TrainingPanel {
     /// Draws the view. `gallery` = paths of the images currently in the app's gallery.
@@ -279,9 +280,8 @@ impl TrainingPanel {
     fn finetune_ui(&mut self, ui: &mut egui::Ui, gallery: &[PathBuf], ctx: &egui::Context) {
         ui.strong("Fine-tune on the gallery");
         ui.label(format!(
-            "{FINETUNE_STEPS} steps of stage 3 (the decoder learns; encoder and quantizer stay frozen) on the {} gallery image{}. When it ends, the tuned model opens beside the base in Compare.",
-            gallery.len(),
-            if gallery.len() == 1 { "" } else { "s" }
+            "{FINETUNE_STEPS} steps of stage 3 (the decoder learns; encoder and quantizer stay frozen) on the {}. When it ends, the tuned model opens beside the base in Compare.",
+            count_noun(gallery.len(), "gallery image")
         ));
         let mut base = Some(self.finetune_base());
         egui::Grid::new("sftok-train-finetune")
@@ -395,9 +395,8 @@ impl TrainingPanel {
             ui.colored_label(
                 ui.visuals().warn_fg_color,
                 format!(
-                    "{} unreadable image{} skipped; latest: {} ({reason})",
-                    live.skipped.len(),
-                    if live.skipped.len() == 1 { "" } else { "s" },
+                    "{} skipped; latest: {} ({reason})",
+                    count_noun(live.skipped.len(), "unreadable image"),
                     path.display()
                 ),
             );
